@@ -1,0 +1,18 @@
+"""Brokers behind one interface, chosen by URL: none -> memory, ``redis://`` -> Redis."""
+
+from __future__ import annotations
+
+from hub.brokers.base import Broker, BrokerUnavailable, ChannelStats
+from hub.brokers.memory import MemoryBroker
+from hub.settings import Settings
+
+
+def broker_for(settings: Settings) -> Broker:
+    if settings.redis_url is None:
+        return MemoryBroker(history_size=settings.history_size)
+    from hub.brokers.redis import RedisBroker
+
+    return RedisBroker(settings.redis_url, prefix=settings.redis_prefix, history_size=settings.history_size)
+
+
+__all__ = ["Broker", "BrokerUnavailable", "ChannelStats", "MemoryBroker", "broker_for"]

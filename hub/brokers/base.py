@@ -1,0 +1,76 @@
+"""The broker interface: where events are published, numbered, kept and heard.
+
+A broker gives every published event its id, keeps each channel's history,
+and tells the process about events of the channels it has subscribed to,
+by calling ``deliver`` once per event, in id order per channel. The fan-out
+core (:class:`hub.core.hub.Hub`) does the rest.
+
+``deliver`` is a plain callback rather than an async iterator: the memory
+broker calls it inside ``publish`` and the Redis broker from its one listener
+task, and neither pays a queue hop per event.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from hub.core.event import Event, Payload
+from hub.core.ids import Key
+from hub.core.ring import History
+
+Deliver = Callable[[Event], None]
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot serve now (for example Redis is unreachable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStats:
+    last_id: str | None
+    buffered: int
+
+
+class Broker(ABC):
+    """One per process. Subclasses: :mod:`hub.brokers.memory`, :mod:`hub.brokers.redis`."""
+
+    name: str = "broker"
+
+    @abstractmethod
+    async def start(self, deliver: Deliver) -> None:
+        """Connect; from now on call ``deliver`` for events of subscribed channels."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Disconnect and release everything."""
+
+    @abstractmethod
+    async def publish(self, channel: str, payloads: Sequence[Payload]) -> list[str]:
+        """Number and store ``payloads`` in order, atomically; return their ids."""
+
+    @abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """Hear ``channel``'s events from now on. Returns once that holds."""
+
+    @abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop hearing ``channel``."""
+
+    @abstractmethod
+    async def history(self, channel: str, after: Key | None) -> History:
+        """Kept events after ``after`` (all kept when None), with gap detection."""
+
+    @abstractmethod
+    async def last_key(self, channel: str) -> Key:
+        """The newest id of ``channel`` (``ZERO`` when it has none)."""
+
+    @property
+    @abstractmethod
+    def ready(self) -> bool:
+        """True while publishes and subscriptions can be served."""
+
+    def stats(self) -> dict[str, ChannelStats]:
+        """History this process holds in memory, per channel."""
+        return {}

@@ -1,0 +1,94 @@
+"""The embedded broker: one process, history in memory.
+
+Each channel has an id clock and a replay ring. ``publish`` numbers, stores
+and delivers synchronously, so a subscriber attached in the same loop tick
+can never fall between history and live.
+
+History is lost when the process stops. A cursor from before this process
+started may have missed events that no longer exist anywhere, so it gets a
+``hub.gap``; the channel's first event of this process is the oldest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from hub.brokers.base import Broker, ChannelStats, Deliver
+from hub.core.event import Event, Payload
+from hub.core.ids import ZERO, IdClock, Key
+from hub.core.ring import History, ReplayRing
+
+log = logging.getLogger(__name__)
+
+
+class _Log:
+    __slots__ = ("clock", "ring")
+
+    def __init__(self, capacity: int) -> None:
+        self.clock = IdClock()
+        self.ring = ReplayRing(capacity)
+
+
+class MemoryBroker(Broker):
+    name = "memory"
+
+    def __init__(self, history_size: int = 1000) -> None:
+        self.history_size = history_size
+        self._logs: dict[str, _Log] = {}
+        self._deliver: Deliver | None = None
+        # Ids below this were handed out by an earlier process, if ever.
+        self.boot: Key = (time.time_ns() // 1_000_000, 0)
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+
+    async def stop(self) -> None:
+        self._deliver = None
+
+    @property
+    def ready(self) -> bool:
+        return self._deliver is not None
+
+    async def publish(self, channel: str, payloads: Sequence[Payload]) -> list[str]:
+        entry = self._logs.get(channel)
+        if entry is None:
+            entry = self._logs[channel] = _Log(self.history_size)
+        events = [Event(channel, entry.clock.next(), p) for p in payloads]
+        ids = []
+        deliver = self._deliver
+        for event in events:
+            entry.ring.append(event)
+            ids.append(event.id)
+            if deliver is not None:
+                deliver(event)
+        return ids
+
+    async def subscribe(self, channel: str) -> None:
+        return None
+
+    async def unsubscribe(self, channel: str) -> None:
+        return None
+
+    async def history(self, channel: str, after: Key | None) -> History:
+        entry = self._logs.get(channel)
+        if entry is None:
+            gap = after is not None and ZERO < after < self.boot
+            return History([], gap=gap, oldest=None, last=ZERO)
+        history = entry.ring.since(after)
+        if after is not None and ZERO < after < self.boot:
+            history.gap = True
+            history.events = entry.ring.after((-1, -1))
+        return history
+
+    async def last_key(self, channel: str) -> Key:
+        entry = self._logs.get(channel)
+        return entry.clock.last if entry is not None else ZERO
+
+    def stats(self) -> dict[str, ChannelStats]:
+        out = {}
+        for name, entry in self._logs.items():
+            last = entry.ring.last
+            out[name] = ChannelStats(last.id if last else None, len(entry.ring))
+        return out

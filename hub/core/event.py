@@ -1,0 +1,78 @@
+"""The event as the fan-out core sees it: published once, encoded once.
+
+An :class:`Event` carries its SSE frame, encoded when the event enters the
+process, so that fan-out to N subscribers only appends the same bytes N times.
+Multi-channel streams wrap the payload in ``{"channel": .., "data": ..}``; that
+body is also built once per event, lazily, the first time such a stream needs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+
+from hub import sse
+from hub.core.ids import Key, format_id
+
+PayloadKind = Literal["json", "text"]
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """What a publisher sent, validated: compact JSON bytes, or text.
+
+    ``data`` is the exact value of the ``data:`` lines (JSON compact, on one
+    line; text split into lines on the wire).
+    """
+
+    kind: PayloadKind
+    data: str
+    event: str | None = None
+    retry: int | None = None
+
+    @property
+    def wire_size(self) -> int:
+        return len(self.data.encode())
+
+
+class Event:
+    """One published event of one channel, with its frames ready to write."""
+
+    __slots__ = ("_multi_body", "channel", "frame", "id", "key", "payload")
+
+    def __init__(self, channel: str, key: Key, payload: Payload) -> None:
+        self.channel = channel
+        self.key = key
+        self.id = format_id(key)
+        self.payload = payload
+        self.frame: bytes = sse.encode_event(
+            payload.data, id=self.id, event=payload.event, retry=payload.retry
+        )
+        self._multi_body: bytes | None = None
+
+    @property
+    def multi_body(self) -> bytes:
+        """The block for multi-channel streams, without its ``id:`` line.
+
+        The cursor in ``id:`` differs per stream, so it is prepended per
+        subscriber; everything else is shared.
+        """
+        body = self._multi_body
+        if body is None:
+            p = self.payload
+            data = p.data if p.kind == "json" else orjson.dumps(p.data).decode()
+            envelope = '{"channel":"' + self.channel + '","data":' + data + "}"
+            parts: list[bytes] = []
+            if p.event is not None:
+                parts.append(b"event: " + p.event.encode() + b"\n")
+            if p.retry is not None:
+                parts.append(sse.encode_retry(p.retry))
+            parts.append(sse.encode_data_lines(envelope))
+            parts.append(b"\n")
+            body = self._multi_body = b"".join(parts)
+        return body
+
+    def __repr__(self) -> str:
+        return f"Event({self.channel!r}, {self.id!r}, {self.payload!r})"

@@ -1,0 +1,99 @@
+"""A per-channel replay ring: the last N events, found by id in O(log N).
+
+Used by the memory broker as the channel's whole history and by the Redis
+broker as a cache in front of the Redis stream.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from operator import attrgetter
+
+from hub.core.event import Event
+from hub.core.ids import ZERO, Key
+
+_key_of = attrgetter("key")
+
+
+@dataclass(slots=True)
+class History:
+    """The answer to "what came after this id?".
+
+    ``gap`` is True when events after the asked-for id were dropped, so the
+    client must be told (``hub.gap``); ``events`` then starts at ``oldest``.
+    """
+
+    events: list[Event] = field(default_factory=list)
+    gap: bool = False
+    oldest: str | None = None
+    # The channel's newest id when the history was read (ZERO when none).
+    last: Key = ZERO
+
+
+class ReplayRing:
+    """The newest ``capacity`` events of one channel, in id order.
+
+    A plain list with a moving start index: appends are O(1) amortised, and
+    the dead head is cut off in one slice once it grows as long as the ring.
+    ``dropped`` is the highest id ever evicted (Redis calls it
+    ``max-deleted-entry-id``): a cursor below it has lost events.
+    """
+
+    __slots__ = ("_events", "_start", "capacity", "dropped")
+
+    def __init__(self, capacity: int, dropped: Key | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.dropped = dropped
+        self._events: list[Event] = []
+        self._start = 0
+
+    def __len__(self) -> int:
+        return len(self._events) - self._start
+
+    @property
+    def last(self) -> Event | None:
+        return self._events[-1] if len(self) else None
+
+    @property
+    def first(self) -> Event | None:
+        return self._events[self._start] if len(self) else None
+
+    def append(self, event: Event) -> None:
+        events = self._events
+        if events and event.key <= events[-1].key:
+            raise ValueError(f"event {event.id} is not newer than {events[-1].id}")
+        events.append(event)
+        if len(events) - self._start > self.capacity:
+            self.dropped = events[self._start].key
+            self._start += 1
+            if self._start >= self.capacity:
+                del events[: self._start]
+                self._start = 0
+
+    def extend(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.append(event)
+
+    def after(self, key: Key, limit: int | None = None) -> list[Event]:
+        """Events with an id above ``key``, oldest first."""
+        events = self._events
+        i = bisect_right(events, key, lo=self._start, key=_key_of)
+        end = len(events) if limit is None else min(len(events), i + limit)
+        return events[i:end]
+
+    def covers(self, key: Key) -> bool:
+        """True when every event after ``key`` that this ring ever held is still here."""
+        return self.dropped is None or key >= self.dropped
+
+    def since(self, key: Key | None) -> History:
+        """What a client that last saw ``key`` missed (``None``: replay all kept)."""
+        first, last = self.first, self.last
+        oldest = first.id if first is not None else None
+        newest = last.key if last is not None else ZERO
+        if key is None or not self.covers(key):
+            return History(self.after((-1, -1)), gap=key is not None, oldest=oldest, last=newest)
+        return History(self.after(key), gap=False, oldest=oldest, last=newest)

@@ -1,0 +1,133 @@
+"""Where a stream's bytes go: the two :class:`hub.core.subscriber.Sink` kinds.
+
+:class:`TransportSink` is the fast path under uvicorn's httptools protocol:
+after the response head is sent through ASGI, frames are written straight to
+the asyncio transport as HTTP/1.1 chunks, synchronously, from the hub's
+flush. No task, queue or ``await`` per delivery; backpressure is the
+transport's own write buffer. It relies on uvicorn internals (the bound
+``send`` of ``RequestResponseCycle``), checked at run time, and
+``tests/http/test_sinks.py`` pins that it is taken under ``ssehub serve``.
+
+:class:`AsgiSink` is the portable path for any other server or wrapped
+``send``: frames are buffered and one writer coroutine (the request's own
+task) hands them to ``send`` in one message per wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from hub.core.subscriber import Batch
+from hub.http.types import Receive, Send
+
+log = logging.getLogger(__name__)
+
+_END = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk (done once per batch, shared by all subscribers)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class TransportSink:
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: asyncio.WriteTransport) -> None:
+        self._transport = transport
+
+    @classmethod
+    def from_send(cls, send: Send, scope: dict[str, Any] | Any) -> TransportSink | None:
+        """The fast path when ``send`` is uvicorn's own, after a chunked response head."""
+        cycle = getattr(send, "__self__", None)
+        transport = getattr(cycle, "transport", None)
+        if (
+            transport is None
+            or type(cycle).__name__ != "RequestResponseCycle"
+            or getattr(cycle, "chunked_encoding", None) is not True
+            or not getattr(cycle, "response_started", False)
+            or getattr(cycle, "response_complete", True)
+            or not hasattr(transport, "get_write_buffer_size")
+        ):
+            return None
+        return cls(transport)
+
+    def write(self, data: bytes) -> None:
+        if data and not self._transport.is_closing():
+            self._transport.write(chunk(data))
+
+    def write_batch(self, batch: Batch) -> None:
+        # The hot path: one write of bytes shared by every subscriber.
+        self._transport.write(batch.framed(chunk))
+
+    def buffered(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def close(self, final: bytes = b"") -> None:
+        transport = self._transport
+        if not transport.is_closing():
+            transport.write((chunk(final) if final else b"") + _END)
+            # uvicorn sees the connection go and ends the request's receive().
+            transport.close()
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+
+class AsgiSink:
+    __slots__ = ("_aborted", "_buffer", "_closing", "_send", "_size", "_wake")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._buffer: list[bytes] = []
+        self._size = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._aborted = False
+
+    def write(self, data: bytes) -> None:
+        if data and not self._closing:
+            self._buffer.append(data)
+            self._size += len(data)
+            self._wake.set()
+
+    def write_batch(self, batch: Batch) -> None:
+        self.write(batch.raw)
+
+    def buffered(self) -> int:
+        return self._size
+
+    def close(self, final: bytes = b"") -> None:
+        self.write(final)
+        self._closing = True
+        self._wake.set()
+
+    def abort(self) -> None:
+        self._aborted = True
+        self._wake.set()
+
+    async def run(self, receive: Receive) -> None:
+        """Write until the stream ends: client gone, closed or aborted by the hub."""
+        watcher = asyncio.ensure_future(wait_disconnect(receive))
+        watcher.add_done_callback(lambda _: self.abort())
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._aborted:
+                    return
+                data = b"".join(self._buffer)
+                self._buffer.clear()
+                self._size = 0
+                await self._send({"type": "http.response.body", "body": data, "more_body": not self._closing})
+                if self._closing:
+                    return
+        finally:
+            watcher.cancel()

@@ -1,0 +1,152 @@
+"""The stream endpoints, as a raw ASGI app in front of FastAPI.
+
+``GET /channels/{channel}/stream`` and ``GET /stream?channel=a&channel=b``.
+They bypass FastAPI's middleware on purpose: a stream is long-lived and every
+wrapper around ``send`` costs on every write, and it would hide uvicorn's
+transport from :class:`~hub.http.sinks.TransportSink`.
+
+A stream's life: validate -> refuse when full or draining -> send the head
+and the first bytes (``retry:`` and a comment) at once -> attach to the hub
+(replay, then live) -> park until the client goes or the hub ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, unquote
+
+from hub import sse
+from hub.brokers.base import BrokerUnavailable
+from hub.core.hub import Hub
+from hub.core.subscriber import Subscriber
+from hub.http.errors import send_json_error
+from hub.http.sinks import AsgiSink, TransportSink, wait_disconnect
+from hub.http.types import Receive, Scope, Send
+from hub.inputs import InputError, Limits, check_channel, pick_last_event_id, resumes_for, stream_channels
+from hub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "/channels/"
+_SUFFIX = "/stream"
+
+
+def stream_channels_of(path: str) -> tuple[str | None, bool] | None:
+    """``(channel, False)`` for a channel stream, ``(None, True)`` for ``/stream``, else None."""
+    if path == "/stream":
+        return None, True
+    if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
+        name = path[len(_PREFIX) : -len(_SUFFIX)]
+        if name and "/" not in name:
+            return unquote(name), False
+    return None
+
+
+@dataclass(slots=True)
+class StreamState:
+    """Process-wide state the endpoint reads (set by the app's lifespan)."""
+
+    hub: Hub | None = None
+    draining: bool = False
+
+
+class StreamEndpoint:
+    def __init__(self, settings: Settings, state: StreamState) -> None:
+        self.settings = settings
+        self.state = state
+        self.limits = Limits(settings.max_event_bytes, settings.max_body_bytes, settings.max_channels_per_stream)
+        self.origins = settings.cors_origin_list
+        self.hello = sse.encode_retry(settings.retry_ms) + sse.encode_comment("ok")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, single: str | None, multi: bool) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_json_error(send, 405, "method_not_allowed", "streams are read with GET", [(b"allow", b"GET")])
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        try:
+            channels = stream_channels([v for k, v in query if k == "channel"], self.limits) if multi else [
+                check_channel(single or "")
+            ]
+            last_event_id = pick_last_event_id(
+                headers.get("last-event-id"), next((v for k, v in query if k == "last_event_id"), None)
+            )
+            resumes = resumes_for(last_event_id, len(channels), multi)
+        except InputError as exc:
+            await send_json_error(send, exc.status, exc.error, exc.detail)
+            return
+        hub = self.state.hub
+        if hub is None or self.state.draining or len(hub.subscribers) >= self.settings.max_connections:
+            await self._refuse(send, headers, "draining" if hub is None or self.state.draining else "full")
+            return
+
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers(headers)})
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await send({"type": "http.response.body", "body": self.hello, "more_body": True})
+
+        fast = TransportSink.from_send(send, scope)
+        sink = fast if fast is not None else AsgiSink(send)
+        sub = Subscriber(channels, sink, multi=multi)
+        try:
+            try:
+                await hub.attach(sub, resumes)
+            except BrokerUnavailable as exc:
+                log.warning("stream of %s ended: broker unavailable (%s)", ",".join(channels), exc)
+                sink.close(self.come_back())
+            if isinstance(sink, AsgiSink):
+                await sink.run(receive)
+            else:
+                await wait_disconnect(receive)
+        finally:
+            hub.detach(sub)
+
+    def _headers(self, request: dict[str, str]) -> list[tuple[bytes, bytes]]:
+        out = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        out.extend(self._cors(request))
+        return out
+
+    def _cors(self, request: dict[str, str]) -> list[tuple[bytes, bytes]]:
+        if "*" in self.origins:
+            return [(b"access-control-allow-origin", b"*")]
+        origin = request.get("origin")
+        if origin and origin in self.origins:
+            return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+        return []
+
+    def come_back(self) -> bytes:
+        """A ``retry:`` with jitter, so refused clients do not return in step."""
+        base = max(self.settings.retry_ms, 1000)
+        return sse.encode_retry(int(base * random.uniform(0.5, 1.5))) + sse.encode_comment("come back later")
+
+    async def _refuse(self, send: Send, headers: dict[str, str], why: str) -> None:
+        """Too many streams, or shutting down.
+
+        A browser's EventSource treats every non-200 answer as final and never
+        retries, so it gets an empty 200 stream with a jittered ``retry:`` and
+        comes back later; other clients get a 503 they can read.
+        """
+        if "text/event-stream" in headers.get("accept", ""):
+            body = self.come_back()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*self._headers(headers), (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        detail = (
+            "this node is shutting down; reconnect (to another node)"
+            if why == "draining"
+            else f"this node holds its maximum of {self.settings.max_connections} streams"
+        )
+        await send_json_error(send, 503, "unavailable", detail, [(b"retry-after", b"2"), *self._cors(headers)])

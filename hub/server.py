@@ -1,0 +1,164 @@
+"""Running the hub: uvicorn with a drain on shutdown, and N worker processes.
+
+uvicorn waits for open connections to close before it runs the lifespan
+shutdown, and streams never close by themselves, so draining cannot hang off
+the lifespan hook: :class:`DrainingServer` ends the streams (each told to
+come back after a jittered ``retry:``) as the first step of uvicorn's own
+shutdown sequence, then lets uvicorn wait for in-flight publishes.
+
+``--workers N`` runs N such servers on one listening socket, each its own
+process with its own hub and Redis connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import resource
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import uvicorn
+
+from hub.http.app import HubApp, create_app
+from hub.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# File descriptors a process needs besides its streams (listeners, Redis, logs).
+FD_HEADROOM = 64
+
+
+def raise_nofile_limit(wanted: int) -> int:
+    """Raise the soft open-file limit to the hard one; warn if still short."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    if soft != resource.RLIM_INFINITY and soft < wanted + FD_HEADROOM:
+        log.warning(
+            "open-file limit %d is below HUB_MAX_CONNECTIONS (%d) + %d: streams past it will fail; "
+            "raise it (ulimit -n, LimitNOFILE=) or lower HUB_MAX_CONNECTIONS",
+            soft,
+            wanted,
+            FD_HEADROOM,
+        )
+    return int(soft)
+
+
+def find_hub_app(app: Any) -> HubApp | None:
+    """The HubApp inside uvicorn's middleware wrappers."""
+    for _ in range(8):
+        if isinstance(app, HubApp):
+            return app
+        app = getattr(app, "app", None)
+    return None
+
+
+class DrainingServer(uvicorn.Server):
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        hub_app = find_hub_app(self.config.loaded_app)
+        if hub_app is not None:
+            hub_app.drain()
+        await super().shutdown(sockets)
+
+
+def uvicorn_config(settings: Settings, app: HubApp | None = None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app if app is not None else create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=settings.log_level,
+        access_log=settings.log_level in ("debug", "trace"),
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_seconds)),
+        # The hub answers with its own JSON; no Server header needed.
+        server_header=False,
+        backlog=4096,
+    )
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if level in ("debug", "trace") else getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve(settings: Settings) -> int:
+    configure_logging(settings.log_level)
+    if settings.workers > 1 and settings.redis_url is None:
+        log.error(
+            "--workers %d needs the Redis broker (--redis-url): with the in-memory broker each "
+            "worker would be a separate hub with its own history",
+            settings.workers,
+        )
+        return 2
+    raise_nofile_limit(settings.max_connections)
+    if settings.workers == 1:
+        server = DrainingServer(uvicorn_config(settings))
+        server.run()
+        return 0 if server.started else 1
+    return _run_workers(settings)
+
+
+def _worker(settings: Settings, sock: socket.socket) -> None:
+    configure_logging(settings.log_level)
+    raise_nofile_limit(settings.max_connections)
+    DrainingServer(uvicorn_config(settings)).run(sockets=[sock])
+
+
+def _run_workers(settings: Settings) -> int:
+    """A small supervisor: N workers on one socket; SIGTERM/SIGINT drain them all."""
+    config = uvicorn_config(settings)
+    sock = config.bind_socket()
+    ctx = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start_one() -> multiprocessing.process.BaseProcess:
+        proc = ctx.Process(target=_worker, args=(settings, sock), daemon=False)
+        proc.start()
+        return proc
+
+    procs = [start_one() for _ in range(settings.workers)]
+
+    def on_signal(signum: int, _: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.pid is not None and proc.is_alive():
+                try:
+                    proc.terminate() if signum == signal.SIGTERM else _interrupt(proc.pid)
+                except ProcessLookupError:
+                    pass
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("started %d workers on %s:%d", settings.workers, settings.host, settings.port)
+    while not stopping:
+        for i, proc in enumerate(procs):
+            if not proc.is_alive() and not stopping:
+                log.warning("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
+                procs[i] = start_one()
+        time.sleep(0.5)
+    for proc in procs:
+        proc.join(settings.shutdown_seconds + 5)
+        if proc.is_alive():
+            proc.kill()
+    sock.close()
+    return 0
+
+
+def _interrupt(pid: int) -> None:
+    import os
+
+    os.kill(pid, signal.SIGINT)

@@ -1,0 +1,47 @@
+"""All configuration, in one place: ``HUB_*`` environment variables, flags win.
+
+``Settings()`` reads the environment; the CLI passes its flags as keyword
+arguments, which take precedence. A bad value raises
+:class:`pydantic.ValidationError`, which the CLI turns into a clear message.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUB_", extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    redis_url: str | None = Field(None, description="unset: the embedded in-memory broker")
+    redis_prefix: str = Field("hub", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    workers: int = Field(1, ge=1, le=256)
+    log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug|trace)$")
+
+    heartbeat_seconds: float = Field(15.0, gt=0, le=3600)
+    retry_ms: int = Field(3000, ge=0, le=86_400_000)
+    history_size: int = Field(1000, ge=1, le=1_000_000)
+    max_event_bytes: int = Field(65536, ge=1, le=64 << 20)
+    max_body_bytes: int = Field(1 << 20, ge=1, le=256 << 20)
+    max_channels_per_stream: int = Field(32, ge=1, le=1024)
+    max_pending_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)
+    max_connections: int = Field(10_000, ge=1, le=10_000_000)
+    shutdown_seconds: float = Field(10.0, ge=0, le=3600)
+    cors_origins: str = Field("*", description="comma-separated origins for CORS, '*' for any, '' for none")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        assert value is not None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

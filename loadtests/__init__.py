@@ -1,0 +1,1 @@
+"""Benchmark and load-test suite for ssehub (generator, peers, scenarios, reports)."""

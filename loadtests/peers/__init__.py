@@ -1,0 +1,1 @@
+"""Comparison peers: nginx+nchan and a naive FastAPI+redis SSE hub."""

@@ -1,0 +1,1 @@
+"""The naive FastAPI SSE hub (one redis pub/sub per client)."""

@@ -1,0 +1,1 @@
+"""nginx + nchan peer: config template and start/stop helper."""
