@@ -38,14 +38,20 @@ class Payload:
 
 
 class Event:
-    """One published event of one channel, with its frames ready to write."""
+    """One published event of one channel, with its frames ready to write.
+
+    ``key`` is None for an event that no broker numbered (a raw Redis
+    ``PUBLISH`` from a producer that bypassed the hub's script): it is sent
+    without an ``id:`` line, so it never moves a client's cursor, and it is
+    live-only (never in history, never replayed).
+    """
 
     __slots__ = ("_multi_body", "channel", "frame", "id", "key", "payload")
 
-    def __init__(self, channel: str, key: Key, payload: Payload) -> None:
+    def __init__(self, channel: str, key: Key | None, payload: Payload) -> None:
         self.channel = channel
         self.key = key
-        self.id = format_id(key)
+        self.id = format_id(key) if key is not None else None
         self.payload = payload
         self.frame: bytes = sse.encode_event(
             payload.data, id=self.id, event=payload.event, retry=payload.retry

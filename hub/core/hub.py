@@ -119,9 +119,13 @@ class Hub:
         """Called by the broker for every event of a channel we subscribed to."""
         self.stats.events += 1
         channel = self.channels.get(event.channel)
-        if channel is None or event.key <= channel.last_key:
-            return  # nobody here, or a redelivery (e.g. the Redis refill after an outage)
-        channel.last_key = event.key
+        if channel is None:
+            return
+        key = event.key
+        if key is not None:
+            if key <= channel.last_key:
+                return  # a redelivery (e.g. the Redis refill after an outage)
+            channel.last_key = key
         if not channel.pending:
             self._dirty.append(channel)
             if self._flush_handle is None:
@@ -215,7 +219,7 @@ class Hub:
             parts.append(self.gap_frame(name, resume.requested, history.oldest))
         for event in history.events:
             parts.append(sub.frame_for(index, event))
-        if history.events:
+        if history.events and history.events[-1].key is not None:
             floor = history.events[-1].key
         else:
             # Nothing to replay: the client is at (or, for a bogus id, past) the newest.
@@ -236,7 +240,9 @@ class Hub:
             # now, so that it cannot also reach ``sub`` through the live path.
             self._flush_channel(channel)
             floor = floors[index]
-            held = [e for e in sub.held if e.channel == channel.name and e.key > floor]
+            held = [
+                e for e in sub.held if e.channel == channel.name and (e.key is None or e.key > floor)
+            ]
             parts.extend(sub.frame_for(index, e) for e in held)
             del channel.holding[sub]
             if sub.multi:

@@ -114,6 +114,8 @@ class Subscriber:
         """The bytes of ``event`` for this stream, moving its cursor."""
         if not self.multi:
             return event.frame
+        if event.key is None:
+            return event.multi_body
         self.positions[index] = event.key
         return b"id: " + encode_cursor(self.positions).encode() + b"\n" + event.multi_body
 

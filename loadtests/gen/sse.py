@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from time import time_ns
+from typing import cast
 
 from loadtests.gen.stats import BUCKET_NS, N_BUCKETS, Stats
 from loadtests.gen.target import TS_DIGITS, TS_MARKER
@@ -36,8 +37,8 @@ class SseSubscriber(asyncio.Protocol):
         self.alive = False  # got a 200 and not yet lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport: cast, don't check.
+        self.transport = cast(asyncio.Transport, transport)
         transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
