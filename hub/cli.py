@@ -73,16 +73,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     if args.command == "publish":
         return client.publish_command(args.url, args.channel, args.data, args.event, args.text, args.token)
-    return client.tail_command(
-        args.url, args.channels, args.last_event_id, args.raw, args.count, args.token
-    )
+    return client.tail_command(args.url, args.channels, args.last_event_id, args.raw, args.count, args.token)
 
 
 def _explain(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         name = ".".join(str(p) for p in err["loc"])
-        lines.append(f"  HUB_{name.upper()} (--{name.replace('_', '-')}): {err['msg']} (got {err.get('input')!r})")
+        lines.append(
+            f"  HUB_{name.upper()} (--{name.replace('_', '-')}): {err['msg']} (got {err.get('input')!r})"
+        )
     return "\n".join(lines)
 
 

@@ -33,7 +33,9 @@ def _read_data(arg: str) -> str:
     return arg
 
 
-def publish_command(url: str, channel: str, data_arg: str, event: str | None, text: bool, token: str | None) -> int:
+def publish_command(
+    url: str, channel: str, data_arg: str, event: str | None, text: bool, token: str | None
+) -> int:
     raw = _read_data(data_arg)
     endpoint = f"{url.rstrip('/')}/channels/{quote(channel, safe='')}/events"
     headers = _headers(token)
@@ -90,7 +92,9 @@ def tail_command(
             try:
                 with httpx.stream("GET", stream_url, headers=headers, timeout=timeout) as response:
                     if response.status_code != 200:
-                        print(f"ssehub tail: {response.status_code} {response.read().decode()}", file=sys.stderr)
+                        print(
+                            f"ssehub tail: {response.status_code} {response.read().decode()}", file=sys.stderr
+                        )
                         return 1
                     for chunk in response.iter_raw():
                         if raw:

@@ -55,7 +55,9 @@ def bad(detail: str) -> InputError:
 def check_channel(name: str) -> str:
     if not NAME_RE.fullmatch(name):
         raise InputError(
-            400, "bad_channel", f"channel names are 1-128 characters of A-Z a-z 0-9 _ . : -, got {name[:200]!r}"
+            400,
+            "bad_channel",
+            f"channel names are 1-128 characters of A-Z a-z 0-9 _ . : -, got {name[:200]!r}",
         )
     return name
 
@@ -68,7 +70,9 @@ def check_event_type(value: Any, where: str = "event") -> str | None:
             400, "bad_event_type", f"{where}: event types are 1-64 characters of A-Z a-z 0-9 _ . : -"
         )
     if value.startswith(RESERVED_PREFIX):
-        raise InputError(400, "bad_event_type", f"{where}: the 'hub.' prefix is reserved for the hub's own events")
+        raise InputError(
+            400, "bad_event_type", f"{where}: the 'hub.' prefix is reserved for the hub's own events"
+        )
     return value
 
 
@@ -85,21 +89,31 @@ def check_retry(value: Any, where: str = "retry") -> int | None:
 def _check_size(size: int, limits: Limits, where: str) -> None:
     if size > limits.max_event_bytes:
         raise InputError(
-            413, "event_too_large", f"{where}: data is {size} bytes on the wire, the limit is {limits.max_event_bytes}"
+            413,
+            "event_too_large",
+            f"{where}: data is {size} bytes on the wire, the limit is {limits.max_event_bytes}",
         )
 
 
 def _payload_from_object(obj: Any, limits: Limits, where: str) -> Payload:
     if not isinstance(obj, dict):
-        raise bad(f"{where}: expected an object like {{\"data\": ...}}")
+        raise bad(f'{where}: expected an object like {{"data": ...}}')
     unknown = obj.keys() - _FIELDS
     if unknown:
-        raise bad(f"{where}: unknown field(s) {sorted(unknown)}; allowed: data, event, retry (ids are assigned by the hub)")
+        raise bad(
+            f"{where}: unknown field(s) {sorted(unknown)}; allowed: data, event, retry"
+            " (ids are assigned by the hub)"
+        )
     if "data" not in obj:
         raise bad(f"{where}: missing field 'data'")
     data = orjson.dumps(obj["data"]).decode()
     _check_size(len(data), limits, where)
-    return Payload("json", data, check_event_type(obj.get("event"), f"{where}.event"), check_retry(obj.get("retry"), f"{where}.retry"))
+    return Payload(
+        "json",
+        data,
+        check_event_type(obj.get("event"), f"{where}.event"),
+        check_retry(obj.get("retry"), f"{where}.retry"),
+    )
 
 
 def parse_json_body(body: bytes, limits: Limits) -> tuple[list[Payload], bool]:
@@ -124,7 +138,12 @@ def parse_text_body(body: bytes, query: Mapping[str, str], limits: Limits) -> Pa
     if not text:
         raise bad("empty text body: a browser never fires an event with empty data")
     _check_size(len(body), limits, "body")
-    return Payload("text", text, check_event_type(query.get("event"), "?event"), check_retry(query.get("retry"), "?retry"))
+    return Payload(
+        "text",
+        text,
+        check_event_type(query.get("event"), "?event"),
+        check_retry(query.get("retry"), "?retry"),
+    )
 
 
 def media_type(content_type: str | None) -> tuple[str, str | None]:
@@ -148,7 +167,9 @@ def parse_publish(
         return parse_json_body(body, limits)
     if kind == "text/plain":
         if charset not in (None, "utf-8", "utf8", "us-ascii"):
-            raise InputError(415, "unsupported_media_type", f"text bodies must be UTF-8, got charset={charset}")
+            raise InputError(
+                415, "unsupported_media_type", f"text bodies must be UTF-8, got charset={charset}"
+            )
         return [parse_text_body(body, query, limits)], False
     raise InputError(
         415,

@@ -12,8 +12,10 @@ process with its own hub and Redis connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import os
 import resource
 import signal
 import socket
@@ -136,10 +138,8 @@ def _run_workers(settings: Settings) -> int:
         stopping = True
         for proc in procs:
             if proc.pid is not None and proc.is_alive():
-                try:
-                    proc.terminate() if signum == signal.SIGTERM else _interrupt(proc.pid)
-                except ProcessLookupError:
-                    pass
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -156,9 +156,3 @@ def _run_workers(settings: Settings) -> int:
             proc.kill()
     sock.close()
     return 0
-
-
-def _interrupt(pid: int) -> None:
-    import os
-
-    os.kill(pid, signal.SIGINT)

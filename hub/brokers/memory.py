@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from hub.brokers.base import Broker, ChannelStats, Deliver
 from hub.core.event import Event, Payload
-from hub.core.ids import ZERO, IdClock, Key
+from hub.core.ids import ZERO, IdClock, Key, format_id
 from hub.core.ring import History, ReplayRing
 
 log = logging.getLogger(__name__)
@@ -55,15 +55,14 @@ class MemoryBroker(Broker):
         entry = self._logs.get(channel)
         if entry is None:
             entry = self._logs[channel] = _Log(self.history_size)
-        events = [Event(channel, entry.clock.next(), p) for p in payloads]
-        ids = []
+        keys = [entry.clock.next() for _ in payloads]
+        events = [Event(channel, key, p) for key, p in zip(keys, payloads, strict=True)]
         deliver = self._deliver
         for event in events:
             entry.ring.append(event)
-            ids.append(event.id)
             if deliver is not None:
                 deliver(event)
-        return ids
+        return [format_id(key) for key in keys]
 
     async def subscribe(self, channel: str) -> None:
         return None

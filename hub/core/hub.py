@@ -240,9 +240,7 @@ class Hub:
             # now, so that it cannot also reach ``sub`` through the live path.
             self._flush_channel(channel)
             floor = floors[index]
-            held = [
-                e for e in sub.held if e.channel == channel.name and (e.key is None or e.key > floor)
-            ]
+            held = [e for e in sub.held if e.channel == channel.name and (e.key is None or e.key > floor)]
             parts.extend(sub.frame_for(index, e) for e in held)
             del channel.holding[sub]
             if sub.multi:
@@ -364,4 +362,3 @@ class Hub:
 
     def channel_counts(self) -> dict[str, int]:
         return {name: ch.subscribers for name, ch in self.channels.items()}
-

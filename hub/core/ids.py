@@ -15,7 +15,7 @@ Key = tuple[int, int]
 
 ZERO: Key = (0, 0)
 
-_ID_RE = re.compile(r"(\d{1,20})-(\d{1,20})")
+_ID_RE = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _U64 = 2**64 - 1
 
 

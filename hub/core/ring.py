@@ -17,6 +17,12 @@ from hub.core.ids import ZERO, Key
 _key_of = attrgetter("key")
 
 
+def _key(event: Event) -> Key:
+    key = event.key
+    assert key is not None, "the ring holds numbered events only"
+    return key
+
+
 @dataclass(slots=True)
 class History:
     """The answer to "what came after this id?".
@@ -64,11 +70,13 @@ class ReplayRing:
 
     def append(self, event: Event) -> None:
         events = self._events
-        if events and event.key <= events[-1].key:
+        if event.key is None:
+            raise ValueError("only numbered events are kept in history")
+        if events and event.key <= _key(events[-1]):
             raise ValueError(f"event {event.id} is not newer than {events[-1].id}")
         events.append(event)
         if len(events) - self._start > self.capacity:
-            self.dropped = events[self._start].key
+            self.dropped = _key(events[self._start])
             self._start += 1
             if self._start >= self.capacity:
                 del events[: self._start]
@@ -93,7 +101,7 @@ class ReplayRing:
         """What a client that last saw ``key`` missed (``None``: replay all kept)."""
         first, last = self.first, self.last
         oldest = first.id if first is not None else None
-        newest = last.key if last is not None else ZERO
+        newest = _key(last) if last is not None else ZERO
         if key is None or not self.covers(key):
             return History(self.after((-1, -1)), gap=key is not None, oldest=oldest, last=newest)
         return History(self.after(key), gap=False, oldest=oldest, last=newest)

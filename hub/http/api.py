@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
 import orjson
+from fastapi import APIRouter, Request, Response
 
 from hub.brokers.base import BrokerUnavailable
 from hub.http.errors import json_error
@@ -52,7 +52,9 @@ def make_router(settings: Settings, state: StreamState) -> APIRouter:
         check_channel(channel)
         hub = hub_of()
         body = await read_body(request, settings.max_body_bytes)
-        payloads, batch = parse_publish(request.headers.get("content-type"), body, request.query_params, limits)
+        payloads, batch = parse_publish(
+            request.headers.get("content-type"), body, request.query_params, limits
+        )
         if not hub.broker.ready:
             raise BrokerUnavailable(f"{hub.broker.name} broker is not connected")
         ids = await hub.broker.publish(channel, payloads)
@@ -93,4 +95,3 @@ def make_router(settings: Settings, state: StreamState) -> APIRouter:
         return as_json({"status": "ready", "broker": hub.broker.name, "streams": len(hub.subscribers)})
 
     return router
-

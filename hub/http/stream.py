@@ -56,20 +56,28 @@ class StreamEndpoint:
     def __init__(self, settings: Settings, state: StreamState) -> None:
         self.settings = settings
         self.state = state
-        self.limits = Limits(settings.max_event_bytes, settings.max_body_bytes, settings.max_channels_per_stream)
+        self.limits = Limits(
+            settings.max_event_bytes, settings.max_body_bytes, settings.max_channels_per_stream
+        )
         self.origins = settings.cors_origin_list
         self.hello = sse.encode_retry(settings.retry_ms) + sse.encode_comment("ok")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, single: str | None, multi: bool) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, single: str | None, multi: bool
+    ) -> None:
         if scope["method"] not in ("GET", "HEAD"):
-            await send_json_error(send, 405, "method_not_allowed", "streams are read with GET", [(b"allow", b"GET")])
+            await send_json_error(
+                send, 405, "method_not_allowed", "streams are read with GET", [(b"allow", b"GET")]
+            )
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         try:
-            channels = stream_channels([v for k, v in query if k == "channel"], self.limits) if multi else [
-                check_channel(single or "")
-            ]
+            channels = (
+                stream_channels([v for k, v in query if k == "channel"], self.limits)
+                if multi
+                else [check_channel(single or "")]
+            )
             last_event_id = pick_last_event_id(
                 headers.get("last-event-id"), next((v for k, v in query if k == "last_event_id"), None)
             )
@@ -149,4 +157,6 @@ class StreamEndpoint:
             if why == "draining"
             else f"this node holds its maximum of {self.settings.max_connections} streams"
         )
-        await send_json_error(send, 503, "unavailable", detail, [(b"retry-after", b"2"), *self._cors(headers)])
+        await send_json_error(
+            send, 503, "unavailable", detail, [(b"retry-after", b"2"), *self._cors(headers)]
+        )
