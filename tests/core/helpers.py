@@ -20,7 +20,8 @@ class RecordingSink:
         self.final = b""
 
     def write(self, data: bytes) -> None:
-        assert not self.closed and not self.aborted, "write after end"
+        assert not self.closed, "write after close"
+        assert not self.aborted, "write after abort"
         self.data.extend(data)
         self.writes += 1
 

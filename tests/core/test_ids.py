@@ -22,7 +22,20 @@ def test_parse_id_accepts_stream_ids(text: str, key: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "1", "1-", "-1", "a-1", "1-2-3", " 1-2", "1-2 ", "18446744073709551616-0", "１-２", "1_2", "earliest"],
+    [
+        "",
+        "1",
+        "1-",
+        "-1",
+        "a-1",
+        "1-2-3",
+        " 1-2",
+        "1-2 ",
+        "18446744073709551616-0",
+        "\uff11-\uff12",
+        "1_2",
+        "earliest",
+    ],
 )
 def test_parse_id_rejects_malformed(text: str) -> None:
     assert parse_id(text) is None

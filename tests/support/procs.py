@@ -70,12 +70,18 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 self.binary,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self.dir,
-                "--loglevel", "warning",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--loglevel",
+                "warning",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -104,7 +110,9 @@ class HubProcess:
         self.port = port or free_port()
         self.env = {**os.environ, "HUB_HEARTBEAT_SECONDS": "15", **(env or {})}
         self.args = args or []
-        self.log_path = Path(tempfile.mkstemp(prefix="hub-", suffix=".log")[1])
+        fd, path = tempfile.mkstemp(prefix="hub-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(path)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -112,14 +120,11 @@ class HubProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, ready: bool = True) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
-            env=self.env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        cmd = [sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [*cmd, *self.args], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
         if ready:
             wait_until(self.is_ready, 20, f"hub on {self.port} to be ready\n{self.log()}")
 
