@@ -65,6 +65,7 @@ class HubStats:
     slow_cut: int = 0
     streams_opened: int = 0
     streams_closed: int = 0
+    refused: int = 0
 
 
 class Hub:

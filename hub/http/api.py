@@ -10,9 +10,11 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from hub.brokers.base import BrokerUnavailable
 from hub.http.errors import json_error
+from hub.http.metrics import make_registry, render
 from hub.http.stream import StreamState
 from hub.inputs import InputError, Limits, check_channel, parse_publish
 from hub.settings import Settings
@@ -78,6 +80,13 @@ def make_router(settings: Settings, state: StreamState) -> APIRouter:
                 }
             )
         return as_json({"channels": out})
+
+    registry = make_registry(lambda: state.hub)
+
+    @router.get("/metrics", response_model=None)
+    async def metrics() -> Response:
+        """Prometheus metrics of this process."""
+        return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/healthz", response_model=None)
     async def healthz() -> Response:

@@ -87,6 +87,8 @@ class StreamEndpoint:
             return
         hub = self.state.hub
         if hub is None or self.state.draining or len(hub.subscribers) >= self.settings.max_connections:
+            if hub is not None:
+                hub.stats.refused += 1
             await self._refuse(send, headers, "draining" if hub is None or self.state.draining else "full")
             return
 

@@ -1,0 +1,47 @@
+"""``GET /metrics``: Prometheus text format, read from the hub at scrape time.
+
+A custom collector reads the hub's plain integer counters when scraped, so
+the hot path pays nothing for metrics (no per-delivery ``Counter.inc``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hub.core.hub import Hub
+
+
+class HubCollector(Collector):
+    def __init__(self, hub: Callable[[], Hub | None]) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self._hub()
+        if hub is None:
+            return
+        s = hub.stats
+        yield GaugeMetricFamily("ssehub_streams", "Open streams", value=len(hub.subscribers))
+        yield GaugeMetricFamily("ssehub_channels", "Channels with local subscribers", value=len(hub.channels))
+        yield GaugeMetricFamily(
+            "ssehub_broker_ready", "1 while the broker is usable", value=int(hub.broker.ready)
+        )
+        yield CounterMetricFamily("ssehub_events", "Events dispatched to this process", value=s.events)
+        yield CounterMetricFamily("ssehub_deliveries", "Event deliveries to streams", value=s.deliveries)
+        yield CounterMetricFamily("ssehub_streams_opened", "Streams opened", value=s.streams_opened)
+        yield CounterMetricFamily("ssehub_streams_closed", "Streams closed", value=s.streams_closed)
+        yield CounterMetricFamily("ssehub_slow_cut", "Streams cut for falling behind", value=s.slow_cut)
+        yield CounterMetricFamily("ssehub_refused", "Streams refused (full or draining)", value=s.refused)
+
+
+def make_registry(hub: Callable[[], Hub | None]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector(hub))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
