@@ -35,25 +35,29 @@ def small_hub() -> Iterator[HubProcess]:
 @pytest.mark.anyio
 async def test_full_node_refuses_new_streams_and_keeps_the_old(small_hub: HubProcess) -> None:
     url = f"{small_hub.url}/channels/full/stream"
-    async with client() as http:
-        async with open_stream(http, url) as a, open_stream(http, url) as b, open_stream(http, url) as c:
-            # A plain client gets a 503 it can read ...
-            refused = await http.get(url, headers={"Accept": "*/*"})
-            assert refused.status_code == 503
-            assert refused.json()["error"] == "unavailable"
-            assert int(refused.headers["retry-after"]) > 0
-            # ... an EventSource gets a 200 that tells it to come back later, then closes.
-            es = await http.get(url, headers={"Accept": "text/event-stream"})
-            assert es.status_code == 200
-            assert es.headers["content-type"].startswith("text/event-stream")
-            parser = SSEParser()
-            parser.feed(es.content)
-            assert parser.retry is not None
-            assert 1000 <= parser.retry <= 3000
-            # The streams already open are unaffected.
-            await publish(http, small_hub.url, "full", "still here")
-            for s in (a, b, c):
-                assert [e.data for e in await s.wait_for(1)] == ['"still here"']
+    async with (
+        client() as http,
+        open_stream(http, url) as a,
+        open_stream(http, url) as b,
+        open_stream(http, url) as c,
+    ):
+        # A plain client gets a 503 it can read ...
+        refused = await http.get(url, headers={"Accept": "*/*"})
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "unavailable"
+        assert int(refused.headers["retry-after"]) > 0
+        # ... an EventSource gets a 200 that tells it to come back later, then closes.
+        es = await http.get(url, headers={"Accept": "text/event-stream"})
+        assert es.status_code == 200
+        assert es.headers["content-type"].startswith("text/event-stream")
+        parser = SSEParser()
+        parser.feed(es.content)
+        assert parser.retry is not None
+        assert 1000 <= parser.retry <= 3000
+        # The streams already open are unaffected.
+        await publish(http, small_hub.url, "full", "still here")
+        for s in (a, b, c):
+            assert [e.data for e in await s.wait_for(1)] == ['"still here"']
     assert metric(small_hub, "ssehub_refused") >= 2
 
 
