@@ -16,7 +16,10 @@ task) hands them to ``send`` in one message per wake-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from typing import Any
 
 from hub.core.subscriber import Batch
@@ -25,6 +28,7 @@ from hub.http.types import Receive, Send
 log = logging.getLogger(__name__)
 
 _END = b"0\r\n\r\n"
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 def chunk(data: bytes) -> bytes:
@@ -78,6 +82,13 @@ class TransportSink:
             transport.close()
 
     def abort(self) -> None:
+        # Reset rather than close: a plain close leaves the kernel trickling
+        # megabytes of queued data to a client that does not read. With a
+        # zero linger the queue is dropped and the client sees the reset now.
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         self._transport.abort()
 
 
