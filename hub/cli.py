@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from hub.settings import Settings
+from hub.settings import Settings, unknown_variables
 
 log = logging.getLogger("hub.cli")
 
@@ -60,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             }.items()
             if v is not None
         }
+        unknown = unknown_variables(os.environ)
+        if unknown:
+            print(f"ssehub: unknown setting(s) {', '.join(unknown)}; see README, Settings", file=sys.stderr)
+            return 2
         try:
             settings = Settings(**overrides)
         except ValidationError as exc:

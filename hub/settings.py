@@ -7,6 +7,8 @@ arguments, which take precedence. A bad value raises
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -45,3 +47,13 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+
+# HUB_* variables read by the client commands, not by the server.
+CLIENT_VARIABLES = frozenset({"HUB_URL", "HUB_TOKEN"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``HUB_*`` names that no setting reads: most likely typos, worth refusing."""
+    known = {f"HUB_{name.upper()}" for name in Settings.model_fields} | CLIENT_VARIABLES
+    return sorted(k for k in environ if k.startswith("HUB_") and k not in known)

@@ -78,6 +78,12 @@ def test_serve_refuses_a_bad_setting_with_a_clear_message() -> None:
     assert "HUB_HEARTBEAT_SECONDS" in result.stderr
 
 
+def test_serve_refuses_a_misspelt_setting() -> None:
+    result = ssehub("serve", env={"HUB_HEARTBEAT_SECOND": "5"})
+    assert result.returncode == 2
+    assert "HUB_HEARTBEAT_SECOND" in result.stderr
+
+
 def test_serve_refuses_workers_with_the_memory_broker() -> None:
     result = ssehub("serve", "--workers", "2", "--port", "0", env={"HUB_REDIS_URL": ""})
     assert result.returncode == 2
