@@ -34,6 +34,9 @@ from hub.core.subscriber import Batch, Resume, Subscriber
 log = logging.getLogger(__name__)
 
 HEARTBEAT = sse.encode_comment()
+# A flush that wrote to this many streams makes the next one linger this long.
+LINGER_FROM_WRITES = 256
+LINGER_SECONDS = 0.001
 # Ticks per heartbeat interval: a stream idle for one interval gets its
 # heartbeat within a quarter interval more.
 _TICKS = 4
@@ -85,7 +88,10 @@ class Hub:
         self.epoch = 0
         self._dirty: list[Channel] = []
         self._dirty_multi: dict[Subscriber, None] = {}
-        self._flush_handle: asyncio.Handle | None = None
+        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        # Writes the last flush made: a big fan-out waits a little for more
+        # events so that each subscriber gets them in one write (see dispatch).
+        self._last_writes = 0
         self._ticker: asyncio.Task[None] | None = None
         # Channels being unsubscribed at the broker, so that a new subscribe
         # of the same name waits for it and the broker sees them in order.
@@ -130,12 +136,21 @@ class Hub:
         if not channel.pending:
             self._dirty.append(channel)
             if self._flush_handle is None:
-                self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+                loop = asyncio.get_running_loop()
+                if self._last_writes >= LINGER_FROM_WRITES:
+                    # One write costs a syscall per subscriber whatever it carries; lingering a
+                    # moment lets events published meanwhile share it (as Nagle does for TCP).
+                    self._flush_handle = loop.call_later(LINGER_SECONDS, self.flush)
+                else:
+                    self._flush_handle = loop.call_soon(self.flush)
         channel.pending.append(event)
 
     def flush(self) -> None:
         """Write everything dispatched since the last flush."""
-        self._flush_handle = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._last_writes = 0
         dirty, self._dirty = self._dirty, []
         for channel in dirty:
             self._flush_channel(channel)
@@ -171,6 +186,7 @@ class Hub:
                     slow = slow or []
                     slow.append(sub)
             self.stats.deliveries += len(channel.live) * len(events)
+            self._last_writes += len(channel.live)
             if slow:
                 for sub in slow:
                     self._cut_slow(sub)
@@ -181,6 +197,7 @@ class Hub:
                     out.append(sub.frame_for(index, event))
                 self._dirty_multi[sub] = None
             self.stats.deliveries += len(channel.multi) * len(events)
+            self._last_writes += len(channel.multi)
 
     # -- subscribe side -----------------------------------------------------
 

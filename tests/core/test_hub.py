@@ -271,3 +271,18 @@ async def test_close_all_ends_every_stream_with_its_own_final_bytes(hub: Hub) ->
     assert hub.close_all(lambda: f"retry: {next(counter)}\n".encode()) == 3
     assert [s.final for s in sinks] == [b"retry: 0\n", b"retry: 1\n", b"retry: 2\n"]
     assert hub.subscribers == {}
+
+
+async def test_after_a_large_fan_out_events_of_the_next_moment_share_one_write(hub: Hub) -> None:
+    subs = [await subscribe(hub, "wide") for _ in range(300)]
+    await publish(hub, "wide", 0)
+    await settle()
+    await publish(hub, "wide", 1)
+    await asyncio.sleep(0)  # a later loop iteration, within the linger
+    await publish(hub, "wide", 2)
+    async with asyncio.timeout(2):
+        while len(datas(subs[0][1])) < 3:
+            await asyncio.sleep(0.001)
+    for _, sink in subs:
+        assert datas(sink) == [0, 1, 2]
+        assert sink.writes == 2
