@@ -201,10 +201,12 @@ class Hub:
 
     # -- subscribe side -----------------------------------------------------
 
-    async def attach(self, sub: Subscriber, resumes: Sequence[Resume | None]) -> None:
+    async def attach(self, sub: Subscriber, resumes: Sequence[Resume | None], greeting: bytes = b"") -> None:
         """Register ``sub``, replay what it missed, then let it go live.
 
-        ``resumes[i]`` is None for live-only on channel ``i``.
+        ``resumes[i]`` is None for live-only on channel ``i``. ``greeting`` is
+        written once every channel is subscribed at the broker, before any
+        replay: a client that has seen it will not miss a later publish.
         Raises what the broker raises (then ``sub`` is detached).
         """
         if len(resumes) != len(sub.channels):
@@ -215,6 +217,8 @@ class Hub:
         try:
             for channel in channels:
                 await asyncio.shield(channel.ready)
+            if greeting and not sub.closed:
+                sub.sink.write(greeting)
             floors: list[Key] = []
             for index, (channel, resume) in enumerate(zip(channels, resumes, strict=True)):
                 floors.append(await self._replay(sub, index, channel.name, resume))

@@ -6,8 +6,8 @@ wrapper around ``send`` costs on every write, and it would hide uvicorn's
 transport from :class:`~hub.http.sinks.TransportSink`.
 
 A stream's life: validate -> refuse when full or draining -> send the head
-and the first bytes (``retry:`` and a comment) at once -> attach to the hub
-(replay, then live) -> park until the client goes or the hub ends it.
+at once -> attach to the hub: subscribe, write the first bytes (``retry:`` and
+``: ok``), replay, go live -> park until the client goes or the hub ends it.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ class StreamEndpoint:
             settings.max_event_bytes, settings.max_body_bytes, settings.max_channels_per_stream
         )
         self.origins = settings.cors_origin_list
+        # The head goes out at once; these first bytes as soon as every channel is
+        # subscribed at the broker, before any replay: a client that has seen
+        # ": ok" cannot miss a later publish.
         self.hello = sse.encode_retry(settings.retry_ms) + sse.encode_comment("ok")
 
     async def __call__(
@@ -96,14 +99,13 @@ class StreamEndpoint:
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
             return
-        await send({"type": "http.response.body", "body": self.hello, "more_body": True})
 
         fast = TransportSink.from_send(send, scope)
         sink = fast if fast is not None else AsgiSink(send)
         sub = Subscriber(channels, sink, multi=multi)
         try:
             try:
-                await hub.attach(sub, resumes)
+                await hub.attach(sub, resumes, greeting=self.hello)
             except BrokerUnavailable as exc:
                 log.warning("stream of %s ended: broker unavailable (%s)", ",".join(channels), exc)
                 sink.close(self.come_back())

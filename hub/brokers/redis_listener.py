@@ -1,0 +1,195 @@
+"""The process's one Redis pub/sub connection: read, confirm, ping, reconnect.
+
+redis-py's ``PubSub`` reconnects and re-subscribes by itself inside a read,
+so a caller cannot know that it was cut off and which messages it missed.
+This listener owns a bare connection instead: it never reconnects silently,
+it tells its owner when it is connected (``on_connected``, which re-subscribes
+and refills from the streams) and when it was lost (``on_lost``), and it
+waits a capped, jittered backoff between attempts so that a fleet of hubs
+does not hammer a Redis that is coming back.
+
+A PING on a quiet connection catches a peer that vanished without closing
+the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+OnMessage = Callable[[bytes, bytes], None]
+
+
+class PubSubListener:
+    def __init__(
+        self,
+        connect: Callable[[], AbstractConnection],
+        on_message: OnMessage,
+        on_connected: Callable[[], Awaitable[None]],
+        on_lost: Callable[[], None],
+        *,
+        ping_seconds: float = 5.0,
+        confirm_seconds: float = 5.0,
+        backoff_base: float = 0.1,
+        backoff_cap: float = 5.0,
+    ) -> None:
+        self._connect = connect
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self._on_lost = on_lost
+        self.ping_seconds = ping_seconds
+        self.confirm_seconds = confirm_seconds
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._conn: AbstractConnection | None = None
+        # Futures resolved by the server's "subscribe" replies, oldest first per topic.
+        self._waiting: dict[bytes, deque[asyncio.Future[None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._first_attempt: asyncio.Event = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    async def start(self) -> None:
+        """Start the connection loop; return after its first attempt, whatever came of it."""
+        self._task = asyncio.create_task(self._run(), name="redis-pubsub")
+        await self._first_attempt.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def subscribe(self, topics: Iterable[bytes]) -> None:
+        """SUBSCRIBE and wait for the server's confirmation of every topic."""
+        topics = list(topics)
+        if not topics:
+            return
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for t in topics:
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiting.setdefault(t, deque()).append(future)
+            futures.append(future)
+        try:
+            await self._send("SUBSCRIBE", *topics)
+        except BaseException:
+            for t, future in zip(topics, futures, strict=True):
+                future.cancel()
+                with contextlib.suppress(KeyError, ValueError):
+                    self._waiting[t].remove(future)
+            raise
+        async with asyncio.timeout(self.confirm_seconds):
+            await asyncio.gather(*futures)
+
+    async def unsubscribe(self, topics: Iterable[bytes]) -> None:
+        """UNSUBSCRIBE without waiting: later messages of these topics are ignored anyway."""
+        topics = list(topics)
+        if topics and self._conn is not None:
+            await self._send("UNSUBSCRIBE", *topics)
+
+    async def _send(self, *args: Any) -> None:
+        conn = self._conn
+        # redis-py would quietly open a new socket for a closed one: never on this connection.
+        if conn is None or not conn.is_connected:
+            raise RedisConnectionError("the pub/sub connection is down")
+        await conn.send_command(*args, check_health=False)
+
+    # -- the loop -----------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            conn = self._connect()
+            try:
+                await conn.connect()  # type: ignore[no-untyped-call]
+                self._conn = conn
+                failures = 0
+                log.info("pub/sub connection up")
+                await self._session(conn)
+            except (RedisError, OSError, TimeoutError) as exc:
+                failures += 1
+                log.warning("pub/sub connection lost or refused: %s", exc)
+            except Exception:  # a bug must not end the loop: the process would never recover
+                failures += 1
+                log.exception("pub/sub connection failed")
+            finally:
+                was_up = self._conn is not None
+                self._conn = None
+                self._fail_waiters()
+                self._first_attempt.set()
+                if was_up and not self._stopping:
+                    self._on_lost()
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+            await asyncio.sleep(self._backoff(failures))
+
+    def _backoff(self, failures: int) -> float:
+        # "Full jitter": a random wait up to an exponentially growing cap.
+        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** min(failures, 16))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _session(self, conn: AbstractConnection) -> None:
+        reader = asyncio.create_task(self._read(conn), name="redis-pubsub-reader")
+        try:
+            # The owner re-subscribes here: the reader must run to see the confirmations.
+            await self._on_connected()
+            self._first_attempt.set()
+            await reader
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        pinged = False
+        on_message = self._on_message
+        while True:
+            # push_request: under RESP3 (a ?protocol=3 URL) messages are pushes, returned only so.
+            reply = await conn.read_response(timeout=self.ping_seconds, push_request=True)
+            if reply is None:
+                if pinged:
+                    raise RedisConnectionError(f"no answer to PING in {self.ping_seconds}s")
+                await self._send("PING")
+                pinged = True
+                continue
+            pinged = False
+            kind = reply[0]
+            if kind == b"message":
+                try:
+                    on_message(reply[1], reply[2])
+                except Exception:  # one bad message must not cut every stream
+                    log.exception("could not deliver a message of %r", reply[1])
+            elif kind == b"subscribe":
+                self._confirm(reply[1])
+
+    def _confirm(self, t: bytes) -> None:
+        queue = self._waiting.get(t)
+        if not queue:
+            return
+        future = queue.popleft()
+        if not queue:
+            del self._waiting[t]
+        if not future.done():
+            future.set_result(None)
+
+    def _fail_waiters(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for queue in waiting.values():
+            for future in queue:
+                if not future.done():
+                    future.set_exception(RedisConnectionError("the pub/sub connection was lost"))
