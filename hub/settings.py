@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     redis_url: str | None = Field(None, description="unset: the embedded in-memory broker")
     redis_prefix: str = Field("hub", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    redis_pool_size: int = Field(32, ge=1, le=10_000, description="command connections per process")
+    redis_timeout: float = Field(5.0, gt=0, le=300, description="seconds to wait for a connection or reply")
     workers: int = Field(1, ge=1, le=256)
     log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug|trace)$")
 

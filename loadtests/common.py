@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -76,16 +77,28 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds consumed so far by one process (0 if gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat(5); index 0 here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss_kb(pid: int) -> int:
     """Summed VmRSS in KB of a process and its descendants (server + workers)."""
     return sum(rss_kb(p) for p in process_tree(pid))
 
 
-def wait_http_ok(url: str, timeout: float = 20.0) -> None:
-    """Poll url until it answers 2xx; raise TimeoutError otherwise."""
+def wait_http_ok(url: str, timeout: float = 20.0, alive: Callable[[], bool] | None = None) -> None:
+    """Poll url until it answers 2xx; raise TimeoutError otherwise (at once if alive() turns False)."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise TimeoutError(f"server exited before {url} answered")
         try:
             with urllib.request.urlopen(url, timeout=1.0) as resp:
                 if 200 <= resp.status < 300:
@@ -96,10 +109,12 @@ def wait_http_ok(url: str, timeout: float = 20.0) -> None:
     raise TimeoutError(f"{url} not ready after {timeout}s: {last}")
 
 
-def wait_tcp(port: int, timeout: float = 20.0) -> None:
+def wait_tcp(port: int, timeout: float = 20.0, alive: Callable[[], bool] | None = None) -> None:
     """Poll until something accepts TCP connections on 127.0.0.1:port."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise TimeoutError(f"server exited before port {port} accepted")
         try:
             with socket.create_connection((LOOPBACK, port), timeout=0.5):
                 return

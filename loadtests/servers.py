@@ -57,7 +57,7 @@ class Server:
         return dict(os.environ)
 
     def wait_ready(self) -> None:
-        wait_tcp(self.port)
+        wait_tcp(self.port, alive=self.alive)
 
     def target(self) -> Target:
         raise NotImplementedError
@@ -70,14 +70,19 @@ class Server:
         log.info("starting %s: %s", self.name, " ".join(cmd))
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env(),
-                cwd=str(REPO_ROOT), preexec_fn=preexec_raise_limit,
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                cwd=str(REPO_ROOT),
+                preexec_fn=preexec_raise_limit,
             )
         try:
             self.wait_ready()
-        except TimeoutError:
+        except TimeoutError as exc:
+            tail = self.log_tail()  # read before stop() removes the work dir
             self.stop()
-            raise RuntimeError(f"{self.name} did not become ready; log: {self.log_tail()}") from None
+            raise RuntimeError(f"{self.name} did not become ready ({exc}); log: {tail}") from None
         return self
 
     def alive(self) -> bool:
@@ -111,10 +116,11 @@ class RedisServer(Server):
     name = "redis"
 
     def command(self) -> list[str]:
+        # redis keeps 32 fds for itself; naive-pool needs one redis client per subscriber.
         return [
             "redis-server", "--port", str(self.port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
-            "--maxclients", "19000", "--dir", str(self.workdir),
-        ]
+            "--maxclients", "19900", "--dir", str(self.workdir),
+        ]  # fmt: skip
 
     @property
     def url(self) -> str:
@@ -126,7 +132,9 @@ class HubServer(Server):
 
     name = "hub"
 
-    def __init__(self, core: int | None = 0, redis_url: str | None = None, max_connections: int = 20000) -> None:
+    def __init__(
+        self, core: int | None = 0, redis_url: str | None = None, max_connections: int = 20000
+    ) -> None:
         super().__init__(core)
         self.redis_url = redis_url
         self.max_connections = max_connections
@@ -144,7 +152,7 @@ class HubServer(Server):
         return env
 
     def wait_ready(self) -> None:
-        wait_http_ok(f"http://{LOOPBACK}:{self.port}/readyz", timeout=30)
+        wait_http_ok(f"http://{LOOPBACK}:{self.port}/readyz", timeout=30, alive=self.alive)
 
     def target(self) -> Target:
         return hub_target(self.port, "hub-redis" if self.redis_url else "hub")
@@ -153,3 +161,25 @@ class HubServer(Server):
 def hub_available() -> bool:
     """True once the hub package has a CLI to start."""
     return (REPO_ROOT / "hub" / "cli.py").exists() and (REPO_ROOT / "hub" / "__main__.py").exists()
+
+
+class HubRedisServer(HubServer):
+    """ssehub with the Redis broker and its own throw-away redis-server (same core)."""
+
+    name = "hub-redis"
+
+    def __init__(self, core: int | None = 0, max_connections: int = 20000) -> None:
+        self.redis = RedisServer(core)
+        super().__init__(core, redis_url=self.redis.url, max_connections=max_connections)
+
+    def start(self) -> Server:
+        self.redis.start()
+        try:
+            return super().start()
+        except BaseException:
+            self.redis.stop()
+            raise
+
+    def stop(self) -> None:
+        super().stop()
+        self.redis.stop()

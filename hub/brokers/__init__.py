@@ -12,7 +12,13 @@ def broker_for(settings: Settings) -> Broker:
         return MemoryBroker(history_size=settings.history_size)
     from hub.brokers.redis import RedisBroker
 
-    return RedisBroker(settings.redis_url, prefix=settings.redis_prefix, history_size=settings.history_size)
+    return RedisBroker(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        history_size=settings.history_size,
+        pool_size=settings.redis_pool_size,
+        command_timeout=settings.redis_timeout,
+    )
 
 
 __all__ = ["Broker", "BrokerUnavailable", "ChannelStats", "MemoryBroker", "broker_for"]

@@ -156,6 +156,13 @@ class PubSubListener:
             await asyncio.gather(reader, return_exceptions=True)
 
     async def _read(self, conn: AbstractConnection) -> None:
+        try:
+            await self._read_until_lost(conn)
+        finally:
+            # At once, not when the session ends: on_connected may be waiting on them.
+            self._fail_waiters()
+
+    async def _read_until_lost(self, conn: AbstractConnection) -> None:
         pinged = False
         on_message = self._on_message
         while True:

@@ -6,6 +6,7 @@ halves, and ties their life to the ASGI lifespan.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from hub.brokers import broker_for
 from hub.core.hub import Hub
+from hub.housekeeping import trim_after_closes
 from hub.http import errors
 from hub.http.api import make_router
 from hub.http.stream import StreamEndpoint, StreamState, stream_channels_of
@@ -31,6 +33,7 @@ class HubApp:
         self.settings = settings
         self.state = StreamState()
         self.hub: Hub | None = None
+        self._trimmer: asyncio.Task[None] | None = None
         self.streams = StreamEndpoint(settings, self.state)
         self.api = self._build_api()
 
@@ -62,6 +65,7 @@ class HubApp:
         hub = Hub(broker, heartbeat_seconds=s.heartbeat_seconds, max_pending_bytes=s.max_pending_bytes)
         await hub.start()
         self.hub = self.state.hub = hub
+        self._trimmer = asyncio.create_task(trim_after_closes(lambda: hub.stats.streams_closed))
         log.info("hub started with the %s broker", broker.name)
 
     def drain(self) -> int:
@@ -78,6 +82,9 @@ class HubApp:
         if self.hub is None:
             return
         self.drain()
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            await asyncio.gather(self._trimmer, return_exceptions=True)
         await self.hub.stop()
         self.hub = self.state.hub = None
         log.info("hub stopped")

@@ -8,6 +8,7 @@ per-process open-file limit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing as mp
@@ -15,6 +16,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from loadtests.common import cpu_seconds
 from loadtests.gen.stats import merge_snapshots
 from loadtests.gen.target import Target
 from loadtests.gen.worker import worker_main
@@ -50,19 +52,27 @@ class GeneratorPool:
     def size(self) -> int:
         return len(self.procs)
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by all worker processes (to spot a saturated generator)."""
+        return sum(cpu_seconds(p.pid) for p in self.procs if p.pid is not None)
+
     def received_total(self) -> int:
         """Deliveries counted so far (mirrored by workers every few ms)."""
         return int(sum(self.counters))
 
     def _call(self, name: str, args: list[Any], timeout: float) -> list[dict[str, Any]]:
-        for pipe, arg in zip(self.pipes, args, strict=True):
-            pipe.send((name, arg))
-        deadline = time.monotonic() + timeout
-        replies = []
-        for i, pipe in enumerate(self.pipes):
-            if not pipe.poll(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"generator worker {i} did not answer {name!r} in {timeout}s")
-            replies.append(pipe.recv())
+        try:
+            for pipe, arg in zip(self.pipes, args, strict=True):
+                pipe.send((name, arg))
+            deadline = time.monotonic() + timeout
+            replies = []
+            for i, pipe in enumerate(self.pipes):
+                if not pipe.poll(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError(f"generator worker {i} did not answer {name!r} in {timeout}s")
+                replies.append(pipe.recv())
+        except (OSError, EOFError) as exc:
+            codes = [p.exitcode for p in self.procs]
+            raise RuntimeError(f"generator worker lost during {name!r}: {exc}; exit codes {codes}") from exc
         return replies
 
     def connect(
@@ -72,7 +82,7 @@ class GeneratorPool:
         shares = [channels[i :: self.size] for i in range(self.size)]
         per_worker = max(16, concurrency // self.size)
         args = [
-            {"target": target, "channels": share, "concurrency": per_worker, "timeout": timeout}
+            {"target": target, "channels": share, "concurrency": per_worker, "deadline_s": timeout}
             for share in shares
         ]
         t0 = time.perf_counter()
@@ -112,13 +122,18 @@ class GeneratorPool:
         for i in range(self.size):
             self.counters[i] = 0
 
+    def close_streams_safely(self) -> None:
+        """close_streams for error paths: never raises."""
+        try:
+            self.close_streams()
+        except (OSError, EOFError, TimeoutError):
+            log.exception("could not close generator streams")
+
     def shutdown(self) -> None:
         """Stop the worker processes we started."""
         for pipe in self.pipes:
-            try:
+            with contextlib.suppress(OSError):
                 pipe.send(("exit", None))
-            except OSError:
-                pass
         for proc in self.procs:
             proc.join(timeout=10)
             if proc.is_alive():

@@ -55,6 +55,6 @@ def nchan_target(port: int) -> Target:
     return Target("nchan", "127.0.0.1", port, "/sub/{ch}", "/pub/{ch}", False)
 
 
-def naive_target(port: int) -> Target:
+def naive_target(port: int, name: str = "naive") -> Target:
     """The naive FastAPI hub of peers/naive/app.py."""
-    return Target("naive", "127.0.0.1", port, "/subscribe/{ch}", "/publish/{ch}", False)
+    return Target(name, "127.0.0.1", port, "/subscribe/{ch}", "/publish/{ch}", False)

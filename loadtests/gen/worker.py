@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -53,6 +54,10 @@ class Worker:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         loop.add_reader(self.conn.fileno(), self._read_command, queue)
+        # uvloop's add_reader makes the fd non-blocking; a large command then arrives in
+        # pieces and Connection.recv() would raise BlockingIOError mid-message.  Reading
+        # a whole message only once the fd is readable is what we want: block for the rest.
+        os.set_blocking(self.conn.fileno(), True)
         mirror = asyncio.create_task(self._mirror_counter())
         try:
             while True:
@@ -68,6 +73,7 @@ class Worker:
         try:
             queue.put_nowait(self.conn.recv())
         except (EOFError, OSError):
+            log.warning("coordinator pipe closed: exiting")
             asyncio.get_running_loop().remove_reader(self.conn.fileno())
             queue.put_nowait(("exit", None))
 
@@ -78,7 +84,7 @@ class Worker:
 
     async def _dispatch(self, name: str, arg: Any) -> dict[str, Any]:
         if name == "connect":
-            return await self.connect(arg["target"], arg["channels"], arg["concurrency"], arg["timeout"])
+            return await self.connect(arg["target"], arg["channels"], arg["concurrency"], arg["deadline_s"])
         if name == "reset":
             self.stats.reset_deliveries()
             return {"ok": True}
@@ -87,7 +93,7 @@ class Worker:
             snap["held"] = self.held()
             return snap
         if name == "close":
-            return await self.close(arg.get("timeout", 10.0))
+            return await self.close()
         return {"error": f"unknown command {name}"}
 
     def held(self) -> int:
@@ -95,7 +101,7 @@ class Worker:
         return sum(1 for s in self.subs if s.alive)
 
     async def connect(
-        self, target: Target, channels: list[str], concurrency: int, timeout: float
+        self, target: Target, channels: list[str], concurrency: int, deadline_s: float
     ) -> dict[str, Any]:
         """Open one stream per channel entry; wait for each stream's first bytes."""
         loop = asyncio.get_running_loop()
@@ -103,7 +109,7 @@ class Worker:
         errors: dict[str, int] = {}
         requests = {ch: target.subscribe_request(ch) for ch in set(channels)}
         opened_before, failed_before = self.stats.opened, self.stats.failed
-        deadline = loop.time() + timeout
+        deadline = loop.time() + deadline_s
         t0 = time.perf_counter()
         first_bytes: list[float] = []
 
@@ -140,7 +146,7 @@ class Worker:
             "median_first_byte_s": first_bytes[len(first_bytes) // 2] if first_bytes else None,
         }
 
-    async def close(self, timeout: float) -> dict[str, Any]:
+    async def close(self) -> dict[str, Any]:
         """Close every stream from our side and wait for the sockets to go."""
         n = len(self.subs)
         self._close_all()
@@ -148,7 +154,7 @@ class Worker:
         held = self.held()
         self.subs = []
         self.stats = Stats()  # fresh counters for the next wave/system
-        return {"closed": n, "held_before_close": held, "timeout": timeout}
+        return {"closed": n, "held_before_close": held}
 
     def _close_all(self) -> None:
         for sub in self.subs:

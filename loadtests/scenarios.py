@@ -1,0 +1,224 @@
+"""The benchmark scenarios.  Each takes a started server and a generator pool.
+
+All loops are bounded: publishing stops after a fixed duration, connecting has
+a deadline, draining waits at most DRAIN_MAX_S.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from loadtests.gen.pool import GeneratorPool
+from loadtests.gen.publisher import PublishResult, publish_closed_loop, publish_rate, run_async
+from loadtests.gen.stats import latency_summary
+from loadtests.servers import Server
+
+log = logging.getLogger(__name__)
+
+SETTLE_S = 1.0  # let the server finish registering subscribers before measuring
+DRAIN_MAX_S = 5.0  # after publishing stops, wait this long at most for stragglers
+DRAIN_QUIET_S = 0.5
+IN_FLIGHT_DELIVERIES = 10_000  # closed-loop window, in deliveries (events x subscribers)
+CONNECT_DEADLINE_S = 60.0
+
+
+@dataclass
+class Sizes:
+    """Scenario sizes (the --quick mode shrinks them)."""
+
+    connections: tuple[int, ...] = (1_000, 10_000, 19_000)
+    fanout: tuple[int, ...] = (100, 1_000, 5_000)
+    duration_s: float = 10.0
+    latency_subscribers: int = 1_000
+    latency_rate: float = 100.0
+    channel_subscribers: int = 10_000
+    channels: int = 1_000
+    wave_size: int = 10_000
+    waves: int = 5
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            connections=(1_000, 5_000), fanout=(100, 1_000), duration_s=3.0, latency_subscribers=500,
+            channel_subscribers=2_000, channels=200, wave_size=2_000, waves=3,
+        )  # fmt: skip
+
+
+def _unique(prefix: str) -> str:
+    """A fresh channel name so no scenario sees another's history."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def _drain(pool: GeneratorPool) -> None:
+    """Wait until deliveries stop arriving (bounded)."""
+    end = time.monotonic() + DRAIN_MAX_S
+    last, quiet_since = pool.received_total(), time.monotonic()
+    while time.monotonic() < end:
+        time.sleep(0.05)
+        now_count = pool.received_total()
+        if now_count != last:
+            last, quiet_since = now_count, time.monotonic()
+        elif time.monotonic() - quiet_since >= DRAIN_QUIET_S:
+            return
+
+
+def _connect(server: Server, pool: GeneratorPool, channels: list[str]) -> dict[str, Any]:
+    res = pool.connect(server.target(), channels, timeout=CONNECT_DEADLINE_S)
+    time.sleep(SETTLE_S)
+    res["held"] = pool.snapshot()["held"]
+    if res["failed"] or res["held"] < len(channels):
+        log.warning("%s: %d/%d streams held (%s)", server.name, res["held"], len(channels), res["errors"])
+    return res
+
+
+def connections(server: Server, pool: GeneratorPool, n: int) -> dict[str, Any]:
+    """Open n idle streams: time to first bytes of all, failures, server RSS per stream."""
+    rss0 = server.rss_kb()
+    res = _connect(server, pool, [_unique("idle")] * n)
+    rss1 = server.rss_kb()
+    pool.close_streams()
+    held = int(res["held"])
+    out = {
+        "streams": n,
+        "opened": res["opened"],
+        "failed": res["failed"],
+        "held_after_settle": held,
+        "errors": res["errors"],
+        "time_to_open_all_s": _round(res["time_to_all_first_bytes_s"], 3),
+        "connect_wall_s": round(res["wall_s"], 3),
+        "server_rss_before_kb": rss0,
+        "server_rss_after_kb": rss1,
+        "rss_per_stream_kb": rss_per_stream(rss0, rss1, held, n),
+    }
+    out.update(_extra_rss(server, "after"))
+    time.sleep(0.5)
+    return out
+
+
+def rss_per_stream(rss0: int, rss1: int, held: int, requested: int) -> float | None:
+    """KB per held stream; None when most streams were refused (the delta is then noise)."""
+    if held < 0.9 * requested or held == 0:
+        return None
+    return round((rss1 - rss0) / held, 2)
+
+
+def _extra_rss(server: Server, label: str) -> dict[str, Any]:
+    """The naive peer's redis-server holds per-subscriber state too: report it apart."""
+    fn = getattr(server, "redis_rss_kb", None)
+    return {f"redis_rss_{label}_kb": fn()} if fn else {}
+
+
+def _delivery_result(
+    pool: GeneratorPool, pub: PublishResult, fanout: int, at_end: int, cpu: float
+) -> dict[str, Any]:
+    snap = pool.snapshot()
+    received = int(snap["received"])
+    expected = pub.accepted * fanout
+    out: dict[str, Any] = {
+        "publish": pub.as_dict(),
+        "deliveries": received,
+        "deliveries_per_s": round(at_end / pub.elapsed_s) if pub.elapsed_s else 0,
+        "delivered_fraction": round(received / expected, 4) if expected else None,
+        "unparsed_timestamps": snap["unparsed"],
+        "streams_dropped_by_server": snap["closed_by_peer"],
+        "generator_cpu_busy": round(cpu / pub.elapsed_s, 2) if pub.elapsed_s else None,
+    }
+    out.update(latency_summary(snap))
+    return out
+
+
+def fanout(server: Server, pool: GeneratorPool, subscribers: int, duration: float) -> dict[str, Any]:
+    """S subscribers on one channel; closed-loop publisher at the highest sustained rate."""
+    channel = _unique("fan")
+    conn = _connect(server, pool, [channel] * subscribers)
+    live = max(1, int(conn["held"]))
+    window = max(2.0, IN_FLIGHT_DELIVERIES / live)
+    pool.reset()
+    cpu0 = pool.cpu_seconds()
+    pub = run_async(
+        lambda: publish_closed_loop(server.target(), [channel], duration, window, live, pool.received_total)
+    )
+    assert isinstance(pub, PublishResult)
+    at_end, cpu = pool.received_total(), pool.cpu_seconds() - cpu0
+    _drain(pool)
+    out = {"subscribers": subscribers, "held": conn["held"], "window_events": round(window, 1)}
+    out.update(_delivery_result(pool, pub, live, at_end, cpu))
+    pool.close_streams()
+    return out
+
+
+def latency(
+    server: Server, pool: GeneratorPool, subscribers: int, rate: float, duration: float
+) -> dict[str, Any]:
+    """S subscribers, a fixed open-loop publish rate: publish-to-receive latency."""
+    channel = _unique("lat")
+    conn = _connect(server, pool, [channel] * subscribers)
+    live = max(1, int(conn["held"]))
+    pool.reset()
+    cpu0 = pool.cpu_seconds()
+    pub = run_async(lambda: publish_rate(server.target(), [channel], rate, duration, conns=2))
+    assert isinstance(pub, PublishResult)
+    at_end, cpu = pool.received_total(), pool.cpu_seconds() - cpu0
+    _drain(pool)
+    out = {"subscribers": subscribers, "held": conn["held"], "rate": rate}
+    out.update(_delivery_result(pool, pub, live, at_end, cpu))
+    pool.close_streams()
+    return out
+
+
+def channels(
+    server: Server, pool: GeneratorPool, subscribers: int, n_channels: int, duration: float
+) -> dict[str, Any]:
+    """Subscribers spread evenly over many channels; events round-robin over the channels."""
+    prefix = _unique("ch")
+    names = [f"{prefix}x{i}" for i in range(n_channels)]
+    conn = _connect(server, pool, [names[i % n_channels] for i in range(subscribers)])
+    per_channel = max(1.0, int(conn["held"]) / n_channels)
+    window = max(8.0, IN_FLIGHT_DELIVERIES / per_channel)
+    pool.reset()
+    cpu0 = pool.cpu_seconds()
+    pub = run_async(
+        lambda: publish_closed_loop(
+            server.target(), names, duration, window, per_channel, pool.received_total, conns=8
+        )
+    )
+    assert isinstance(pub, PublishResult)
+    at_end, cpu = pool.received_total(), pool.cpu_seconds() - cpu0
+    _drain(pool)
+    out = {"subscribers": subscribers, "channels": n_channels, "held": conn["held"]}
+    out.update(_delivery_result(pool, pub, round(per_channel), at_end, cpu))
+    pool.close_streams()
+    return out
+
+
+def waves(server: Server, pool: GeneratorPool, size: int, n_waves: int) -> dict[str, Any]:
+    """Connect `size` streams, disconnect, repeat: does RSS come back down?"""
+    rows = []
+    base = server.rss_kb()
+    for i in range(n_waves):
+        res = _connect(server, pool, [_unique("wave")] * size)
+        connected = server.rss_kb()
+        pool.close_streams()
+        time.sleep(2.0)  # let the server notice the closes and free per-stream state
+        rows.append({
+            "wave": i + 1, "held": res["held"], "failed": res["failed"],
+            "time_to_open_all_s": _round(res["time_to_all_first_bytes_s"], 3),
+            "rss_connected_kb": connected, "rss_after_kb": server.rss_kb(),
+        })  # fmt: skip
+    first, last = rows[0]["rss_after_kb"], rows[-1]["rss_after_kb"]
+    growth = (last - first) / first if first else None
+    return {
+        "size": size,
+        "rss_start_kb": base,
+        "waves": rows,
+        "last_vs_first_after_growth": round(growth, 4) if growth is not None else None,
+        "within_10_percent": growth is not None and abs(growth) <= 0.10,
+    }
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return round(value, digits) if value is not None else None

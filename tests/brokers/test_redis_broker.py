@@ -1,0 +1,295 @@
+"""The Redis broker's logic on fakeredis (with Lua through lupa): no redis-server needed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import fakeredis
+import pytest
+from fakeredis.aioredis import FakeAsyncRedisConnection
+from redis.exceptions import ResponseError
+
+from hub.brokers.base import BrokerUnavailable
+from hub.brokers.redis import RedisBroker
+from hub.brokers.redis_codec import SCRIPT, SCRIPT_SHA, stream_key
+from hub.core.event import Event, Payload
+from hub.core.ids import ZERO, format_id, parse_id
+from hub.publisher import AsyncPublisher, Message, Publisher
+
+pytestmark = pytest.mark.anyio
+
+Make = Callable[..., Awaitable[tuple[RedisBroker, list[Event]]]]
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+async def make(server: fakeredis.FakeServer) -> AsyncIterator[Make]:
+    """Started brokers on the shared fake server, each with the list of events it delivered."""
+    brokers: list[RedisBroker] = []
+
+    async def make(**kwargs: object) -> tuple[RedisBroker, list[Event]]:
+        options: dict[str, object] = {"ping_seconds": 0.05, "backoff_base": 0.01, "backoff_cap": 0.05}
+        options.update(kwargs)
+        broker = RedisBroker(
+            "redis://fake:6379/0",
+            connection_kwargs={"connection_class": FakeAsyncRedisConnection, "server": server},
+            **options,  # type: ignore[arg-type]
+        )
+        delivered: list[Event] = []
+        await broker.start(delivered.append)
+        brokers.append(broker)
+        return broker, delivered
+
+    yield make
+    for broker in brokers:
+        await broker.stop()
+
+
+@pytest.fixture
+def redis(server: fakeredis.FakeServer) -> fakeredis.FakeAsyncRedis:
+    return fakeredis.FakeAsyncRedis(server=server)
+
+
+async def until(check: Callable[[], bool], timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.005)
+
+
+def json_payloads(*values: int) -> list[Payload]:
+    return [Payload("json", str(v)) for v in values]
+
+
+def datas(events: list[Event]) -> list[str]:
+    return [e.payload.data for e in events]
+
+
+async def test_a_publish_reaches_every_node_with_the_same_ids(make: Make) -> None:
+    a, got_a = await make()
+    b, got_b = await make()
+    await a.subscribe("c")
+    await b.subscribe("c")
+    ids = await a.publish("c", [Payload("json", '{"n":1}', "e", 50), Payload("text", "two\nlines")])
+    await until(lambda: len(got_a) == 2 and len(got_b) == 2)
+    assert [e.id for e in got_a] == [e.id for e in got_b] == ids
+    assert [e.frame for e in got_a] == [e.frame for e in got_b]
+    assert got_a[0].frame == f'id: {ids[0]}\nevent: e\nretry: 50\ndata: {{"n":1}}\n\n'.encode()
+    assert parse_id(ids[0]) is not None
+    assert parse_id(ids[0]) < parse_id(ids[1])  # type: ignore[operator]
+
+
+async def test_only_subscribed_channels_are_delivered(make: Make) -> None:
+    broker, got = await make()
+    await broker.subscribe("c")
+    await broker.publish("other", json_payloads(1))
+    await broker.publish("c", json_payloads(2))
+    await until(lambda: len(got) == 1)
+    assert datas(got) == ["2"]
+    await broker.unsubscribe("c")
+    await broker.publish("c", json_payloads(3))
+    await broker.subscribe("d")
+    await broker.publish("d", json_payloads(4))
+    await until(lambda: len(got) == 2)
+    assert datas(got) == ["2", "4"]
+
+
+async def test_unsubscribing_leaves_no_redis_subscription(
+    make: Make, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    broker, _ = await make()
+    for name in ("a", "b"):
+        await broker.subscribe(name)
+    assert await redis.pubsub_numsub("hub:a", "hub:b") == [(b"hub:a", 1), (b"hub:b", 1)]
+    for name in ("a", "b"):
+        await broker.unsubscribe(name)
+
+    async def numsub() -> list[tuple[bytes | str, int]]:
+        return list(await redis.pubsub_numsub("hub:a", "hub:b"))
+
+    async with asyncio.timeout(3):
+        while await numsub() != [(b"hub:a", 0), (b"hub:b", 0)]:
+            await asyncio.sleep(0.005)
+    assert broker.stats() == {}
+
+
+async def test_history_is_the_same_from_the_ring_and_from_the_stream(make: Make) -> None:
+    live, got = await make()
+    await live.subscribe("c")
+    ids = await live.publish("c", json_payloads(*range(6)))
+    await until(lambda: len(got) == 6)
+    cold, _ = await make()  # not subscribed: reads the stream
+    for cursor in (ids[0], ids[3], ids[5]):
+        after = parse_id(cursor)
+        warm, far = await live.history("c", after), await cold.history("c", after)
+        assert [e.id for e in warm.events] == [e.id for e in far.events] == ids[ids.index(cursor) + 1 :]
+        assert not warm.gap
+        assert not far.gap
+        assert warm.last == far.last == parse_id(ids[-1])
+    everything = await live.history("c", None)
+    assert [e.id for e in everything.events] == ids
+    assert await live.last_key("c") == await cold.last_key("c") == parse_id(ids[-1])
+    assert await cold.last_key("never") == ZERO
+
+
+async def test_a_cursor_ahead_of_what_this_process_heard_is_answered_by_redis(
+    make: Make, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    broker, got = await make()
+    await broker.subscribe("c")
+    await broker.publish("c", json_payloads(1))
+    await until(lambda: len(got) == 1)
+    # Seen by a client on another node, its announcement not yet heard here.
+    reply = await redis.xadd(stream_key("hub", "c"), {"k": "json", "d": "2"})
+    ahead = reply.decode() if isinstance(reply, bytes) else reply
+    history = await broker.history("c", parse_id(ahead))
+    assert history.events == []
+    assert not history.gap
+    # So the hub puts the client at its own cursor, and the event will not come twice.
+    assert format_id(history.last) == ahead
+
+
+async def test_a_cursor_older_than_the_ring_is_served_from_the_stream(make: Make) -> None:
+    broker, got = await make(history_size=3)
+    await broker.subscribe("c")
+    ids = await broker.publish("c", json_payloads(*range(8)))
+    await until(lambda: len(got) == 8)
+    assert broker.stats()["c"].buffered == 3
+    # MAXLEN ~ trims whole stream nodes only, so the stream still holds all 8.
+    history = await broker.history("c", parse_id(ids[1]))
+    assert [e.id for e in history.events] == ids[2:]
+    assert not history.gap
+
+
+async def test_a_cursor_older_than_the_stream_is_a_gap(make: Make, redis: fakeredis.FakeAsyncRedis) -> None:
+    broker, _ = await make()
+    ids = await broker.publish("c", json_payloads(*range(10)))
+    await redis.xtrim(stream_key("hub", "c"), maxlen=4, approximate=False)
+    history = await broker.history("c", parse_id(ids[2]))
+    assert history.gap
+    assert history.oldest == ids[6]
+    assert [e.id for e in history.events] == ids[6:]
+    # From the oldest kept id on, nothing is missing. (fakeredis does not keep
+    # max-deleted-entry-id; the integration tests check the newest dropped id.)
+    assert not (await broker.history("c", parse_id(ids[6]))).gap
+
+
+async def test_raw_publishes_are_delivered_live_without_ids(
+    make: Make, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    broker, got = await make()
+    await broker.subscribe("c")
+    await redis.publish("hub:c", b'{"event":"price","data":{"p":1}}')
+    await redis.publish("hub:c", b"not json")
+    await until(lambda: len(got) == 2)
+    assert [(e.key, e.payload) for e in got] == [
+        (None, Payload("json", '{"p":1}', "price")),
+        (None, Payload("text", "not json")),
+    ]
+    # Not in the stream, so never replayed.
+    assert (await broker.history("c", None)).events == []
+
+
+async def test_after_a_cut_the_missed_events_are_delivered_once_in_order(
+    make: Make, server: fakeredis.FakeServer, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    broker, got = await make()
+    await broker.subscribe("c")
+    ids = await broker.publish("c", json_payloads(1, 2))
+    await until(lambda: len(got) == 2)
+    # An event whose announcement this process never heard (as if published during the cut).
+    missed = await redis.xadd(stream_key("hub", "c"), {"k": "json", "d": "3"})
+    server.connected = False
+    await until(lambda: not broker.ready)
+    with pytest.raises(BrokerUnavailable):
+        await broker.publish("c", json_payloads(0))
+    with pytest.raises(BrokerUnavailable):
+        await broker.subscribe("d")
+    server.connected = True
+    await until(lambda: broker.ready)
+    ids += await broker.publish("c", json_payloads(4))
+    await until(lambda: len(got) == 4)
+    assert [e.id for e in got] == [
+        ids[0],
+        ids[1],
+        missed.decode() if isinstance(missed, bytes) else missed,
+        ids[2],
+    ]
+    assert datas(got) == ["1", "2", "3", "4"]
+
+
+async def test_redis_errors_reach_callers_as_broker_unavailable(
+    make: Make, server: fakeredis.FakeServer
+) -> None:
+    broker, _ = await make(command_timeout=0.5)
+    server.connected = False
+    for call in (
+        broker.publish("c", json_payloads(1)),
+        broker.history("c", None),
+        broker.last_key("c"),
+        broker.subscribe("c"),
+    ):
+        with pytest.raises(BrokerUnavailable):
+            await call
+    server.connected = True
+
+
+async def test_a_hub_started_while_redis_is_down_becomes_ready_later(
+    make: Make, server: fakeredis.FakeServer
+) -> None:
+    server.connected = False
+    broker, _ = await make()
+    assert not broker.ready
+    server.connected = True
+    await until(lambda: broker.ready)
+
+
+async def test_a_burst_of_publishes_queues_for_the_bounded_pool(make: Make) -> None:
+    broker, got = await make(pool_size=2)
+    await broker.subscribe("c")
+    results = await asyncio.gather(*(broker.publish("c", json_payloads(i)) for i in range(200)))
+    ids = [r[0] for r in results]
+    assert len(set(ids)) == 200
+    await until(lambda: len(got) == 200)
+    assert [e.id for e in got] == sorted(ids, key=lambda i: parse_id(i) or ZERO)
+
+
+async def test_the_script_refuses_a_bad_call_before_writing_anything(redis: fakeredis.FakeAsyncRedis) -> None:
+    sha = await redis.script_load(SCRIPT)
+    assert sha == SCRIPT_SHA
+    key = stream_key("hub", "c")
+    with pytest.raises(ResponseError, match="event is"):
+        await redis.evalsha(sha, 1, key, 10, "json", "1", "", "", "json", "2", "bad\ntype", "")
+    with pytest.raises(ResponseError, match="kind"):
+        await redis.evalsha(sha, 1, key, 10, "xml", "1", "", "")
+    with pytest.raises(ResponseError, match="KEYS"):
+        await redis.evalsha(sha, 1, "hub:c", 10, "json", "1", "", "")
+    assert await redis.exists(key) == 0
+    ids = await redis.evalsha(sha, 1, key, 10, "json", "1", "e", "0042")
+    assert await redis.xrange(key) == [(ids[0], {b"k": b"json", b"d": b"1", b"e": b"e", b"r": b"42"})]
+
+
+async def test_the_publisher_helpers_produce_replayable_events(
+    make: Make, server: fakeredis.FakeServer, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    broker, got = await make()
+    await broker.subscribe("c")
+    sync_ids = Publisher(fakeredis.FakeRedis(server=server)).publish_many(
+        "c", [Message({"a": 1}, event="x"), Message("hi", text=True, retry=10)]
+    )
+    async_id = await AsyncPublisher(redis).publish("c", [1, 2])
+    await until(lambda: len(got) == 3)
+    assert [e.id for e in got] == [*sync_ids, async_id]
+    assert [e.payload for e in got] == [
+        Payload("json", '{"a":1}', "x"),
+        Payload("text", "hi", None, 10),
+        Payload("json", "[1,2]"),
+    ]
+    replay = await broker.history("c", parse_id(sync_ids[0]))
+    assert [e.id for e in replay.events] == [sync_ids[1], async_id]
+    with pytest.raises(ValueError, match="text"):
+        Publisher(fakeredis.FakeRedis(server=server)).publish("c", 1, text=True)
