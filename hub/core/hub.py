@@ -29,7 +29,7 @@ from hub import sse
 from hub.brokers.base import Broker
 from hub.core.event import Event
 from hub.core.ids import ZERO, Key
-from hub.core.subscriber import Batch, Resume, Subscriber
+from hub.core.subscriber import NO_EVENTS, Batch, Resume, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,7 @@ class Hub:
             raise ValueError("one resume per channel")
         self.subscribers[sub] = None
         self.stats.streams_opened += 1
+        sub.held = []
         channels = [self._join(name, sub) for name in sub.channels]
         try:
             for channel in channels:
@@ -233,7 +234,8 @@ class Hub:
         """Write what ``sub`` missed on one channel; return the id it is now at."""
         if resume is None:
             floor = await self.broker.last_key(name)
-            sub.positions[index] = floor
+            if sub.multi:
+                sub.positions[index] = floor
             return floor
         history = await self.broker.history(name, resume.after)
         parts: list[bytes] = []
@@ -246,7 +248,8 @@ class Hub:
         else:
             # Nothing to replay: the client is at (or, for a bogus id, past) the newest.
             floor = history.last if resume.after is None else min(resume.after, history.last)
-            sub.positions[index] = floor
+            if sub.multi:
+                sub.positions[index] = floor
         if parts and not sub.closed:
             data = b"".join(parts)
             # A resume may write a whole history at once; that is not the
@@ -269,7 +272,7 @@ class Hub:
                 channel.multi[sub] = index
             else:
                 channel.live[sub] = None
-        sub.held = []
+        sub.held = NO_EVENTS
         if parts:
             sub.sink.write(b"".join(parts))
             self._check_pending(sub)

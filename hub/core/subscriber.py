@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from hub.core.cursor import encode_cursor
 from hub.core.event import Event
 from hub.core.ids import ZERO, Key
+
+# A shared placeholder for lists a stream does not use; never appended to.
+NO_EVENTS: list[Any] = []
 
 
 class Batch:
@@ -99,11 +102,13 @@ class Subscriber:
         self.channels = list(channels)
         self.sink = sink
         self.multi = multi
-        self.positions: list[Key] = [ZERO] * len(channels)
-        # Live events that arrive while the replay is being read.
-        self.held: list[Event] = []
+        # Only multi-channel streams keep positions and queue their own frames
+        # (memory per stream decides how many streams a process holds).
+        self.positions: list[Key] = [ZERO] * len(channels) if multi else NO_EVENTS
         # Multi-channel frames queued during one flush, written in one go.
-        self.out: list[bytes] = []
+        self.out: list[bytes] = [] if multi else NO_EVENTS
+        # Live events that arrive while the replay is being read (attach only).
+        self.held: list[Event] = NO_EVENTS
         self.last_epoch = 0
         # Extra buffer room granted for the replay written at attach.
         self.allowance = 0

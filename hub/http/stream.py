@@ -22,7 +22,7 @@ from hub.brokers.base import BrokerUnavailable
 from hub.core.hub import Hub
 from hub.core.subscriber import Subscriber
 from hub.http.errors import send_json_error
-from hub.http.sinks import AsgiSink, TransportSink, wait_disconnect
+from hub.http.sinks import AsgiSink, TransportSink
 from hub.http.types import Receive, Scope, Send
 from hub.inputs import InputError, Limits, check_channel, pick_last_event_id, resumes_for, stream_channels
 from hub.settings import Settings
@@ -68,11 +68,32 @@ class StreamEndpoint:
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, single: str | None, multi: bool
     ) -> None:
+        opened = await self._open(scope, send, single, multi)
+        if opened is None:
+            return
+        # Only what the open stream needs stays referenced from here on: the
+        # request's headers and query die with ``_open``'s frame (memory per
+        # stream is what decides how many streams a process holds).
+        hub, sub = opened
+        try:
+            if isinstance(sub.sink, AsgiSink):
+                await sub.sink.run(receive)
+            else:
+                # The fast sink writes by itself; this task only waits for the client to go.
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+        finally:
+            hub.detach(sub)
+
+    async def _open(
+        self, scope: Scope, send: Send, single: str | None, multi: bool
+    ) -> tuple[Hub, Subscriber] | None:
+        """Validate, refuse or start the response, attach; None when the stream is already over."""
         if scope["method"] not in ("GET", "HEAD"):
             await send_json_error(
                 send, 405, "method_not_allowed", "streams are read with GET", [(b"allow", b"GET")]
             )
-            return
+            return None
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         try:
@@ -87,34 +108,31 @@ class StreamEndpoint:
             resumes = resumes_for(last_event_id, len(channels), multi)
         except InputError as exc:
             await send_json_error(send, exc.status, exc.error, exc.detail)
-            return
+            return None
         hub = self.state.hub
         if hub is None or self.state.draining or len(hub.subscribers) >= self.settings.max_connections:
             if hub is not None:
                 hub.stats.refused += 1
             await self._refuse(send, headers, "draining" if hub is None or self.state.draining else "full")
-            return
+            return None
 
         await send({"type": "http.response.start", "status": 200, "headers": self._headers(headers)})
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
-            return
+            return None
 
         fast = TransportSink.from_send(send, scope)
         sink = fast if fast is not None else AsgiSink(send)
         sub = Subscriber(channels, sink, multi=multi)
         try:
-            try:
-                await hub.attach(sub, resumes, greeting=self.hello)
-            except BrokerUnavailable as exc:
-                log.warning("stream of %s ended: broker unavailable (%s)", ",".join(channels), exc)
-                sink.close(self.come_back())
-            if isinstance(sink, AsgiSink):
-                await sink.run(receive)
-            else:
-                await wait_disconnect(receive)
-        finally:
+            await hub.attach(sub, resumes, greeting=self.hello)
+        except BrokerUnavailable as exc:
+            log.warning("stream of %s ended: broker unavailable (%s)", ",".join(channels), exc)
+            sink.close(self.come_back())
+        except BaseException:
             hub.detach(sub)
+            raise
+        return hub, sub
 
     def _headers(self, request: dict[str, str]) -> list[tuple[bytes, bytes]]:
         out = [
