@@ -203,11 +203,11 @@ def waves(server: Server, pool: GeneratorPool, size: int, n_waves: int) -> dict[
         res = _connect(server, pool, [_unique("wave")] * size)
         connected = server.rss_kb()
         pool.close_streams()
-        time.sleep(2.0)  # let the server notice the closes and free per-stream state
+        after, settle_s = _settled_rss(server)
         rows.append({
             "wave": i + 1, "held": res["held"], "failed": res["failed"],
             "time_to_open_all_s": _round(res["time_to_all_first_bytes_s"], 3),
-            "rss_connected_kb": connected, "rss_after_kb": server.rss_kb(),
+            "rss_connected_kb": connected, "rss_after_kb": after, "settle_s": settle_s,
         })  # fmt: skip
     first, last = rows[0]["rss_after_kb"], rows[-1]["rss_after_kb"]
     growth = (last - first) / first if first else None
@@ -218,6 +218,25 @@ def waves(server: Server, pool: GeneratorPool, size: int, n_waves: int) -> dict[
         "last_vs_first_after_growth": round(growth, 4) if growth is not None else None,
         "within_10_percent": growth is not None and abs(growth) <= 0.10,
     }
+
+
+def _settled_rss(server: Server, steady_s: float = 3.0, limit_s: float = 15.0) -> tuple[int, float]:
+    """RSS once it stopped moving after a wave's closes (or at ``limit_s``).
+
+    Servers give memory back on their own schedule (the hub releases it once a
+    wave of closes is over; glibc and nginx at other times), so every system
+    gets the same chance: RSS is read when it held still for ``steady_s``.
+    """
+    t0 = time.monotonic()
+    last, since = server.rss_kb(), t0
+    while (now := time.monotonic()) - t0 < limit_s:
+        time.sleep(0.25)
+        rss = server.rss_kb()
+        if rss != last:
+            last, since = rss, time.monotonic()
+        elif now - since >= steady_s:
+            break
+    return last, round(time.monotonic() - t0, 2)
 
 
 def _round(value: float | None, digits: int) -> float | None:

@@ -19,6 +19,7 @@ from hub.core.hub import Hub
 from hub.housekeeping import trim_after_closes
 from hub.http import errors
 from hub.http.api import make_router
+from hub.http.publish import PublishEndpoint, publish_channel_of
 from hub.http.stream import StreamEndpoint, StreamState, stream_channels_of
 from hub.http.types import Receive, Scope, Send
 from hub.settings import Settings
@@ -35,6 +36,7 @@ class HubApp:
         self.hub: Hub | None = None
         self._trimmer: asyncio.Task[None] | None = None
         self.streams = StreamEndpoint(settings, self.state)
+        self.publish = PublishEndpoint(settings, self.state)
         self.api = self._build_api()
 
     def _build_api(self) -> FastAPI:
@@ -56,7 +58,7 @@ class HubApp:
                 allow_headers=["*"],
                 max_age=600,
             )
-        api.include_router(make_router(self.settings, self.state))
+        api.include_router(make_router(self.state))
         return api
 
     async def start(self) -> None:
@@ -90,10 +92,17 @@ class HubApp:
         log.info("hub stopped")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            route = stream_channels_of(scope["path"])
-            if route is not None and scope["method"] != "OPTIONS":
+        # Streams and publishes, the two hot paths, bypass FastAPI; preflights
+        # (OPTIONS) go to its CORS middleware like everything else.
+        if scope["type"] == "http" and scope["method"] != "OPTIONS":
+            path = scope["path"]
+            route = stream_channels_of(path)
+            if route is not None:
                 await self.streams(scope, receive, send, *route)
+                return
+            channel = publish_channel_of(path)
+            if channel is not None:
+                await self.publish(scope, receive, send, channel)
                 return
         await self.api(scope, receive, send)
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 from hub import sse
 from hub.brokers.base import BrokerUnavailable
 from hub.core.hub import Hub
 from hub.core.subscriber import Subscriber
+from hub.http.cors import cors_headers
 from hub.http.errors import send_json_error
 from hub.http.sinks import AsgiSink, TransportSink
 from hub.http.types import Receive, Scope, Send
@@ -40,7 +41,9 @@ def stream_channels_of(path: str) -> tuple[str | None, bool] | None:
     if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
         name = path[len(_PREFIX) : -len(_SUFFIX)]
         if name and "/" not in name:
-            return unquote(name), False
+            # ASGI's path is already percent-decoded: decoding again would let
+            # "%2541" through as "A".
+            return name, False
     return None
 
 
@@ -144,12 +147,7 @@ class StreamEndpoint:
         return out
 
     def _cors(self, request: dict[str, str]) -> list[tuple[bytes, bytes]]:
-        if "*" in self.origins:
-            return [(b"access-control-allow-origin", b"*")]
-        origin = request.get("origin")
-        if origin and origin in self.origins:
-            return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
-        return []
+        return cors_headers(self.origins, request.get("origin"))
 
     def come_back(self) -> bytes:
         """A ``retry:`` with jitter, so refused clients do not return in step."""
