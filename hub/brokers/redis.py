@@ -5,8 +5,9 @@
   the new ids atomically, so live delivery and history agree everywhere.
 - Each process holds one pub/sub connection (:mod:`hub.brokers.redis_listener`)
   for the channels with local subscribers, and a bounded pool of command
-  connections: a burst of publishes waits for one (up to ``command_timeout``)
-  instead of failing.
+  connections: a burst of commands waits for one (up to ``command_timeout``)
+  instead of failing. Concurrent publishes share round trips
+  (:mod:`hub.brokers.redis_batch`).
 - Per subscribed channel, a :class:`ReplayRing` keeps what this process saw
   live, so most resumes need no round trip; older cursors read the stream.
 - When the pub/sub connection comes back after a cut, every subscribed
@@ -30,6 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from hub.brokers.base import Broker, BrokerUnavailable, ChannelStats, Deliver
+from hub.brokers.redis_batch import ScriptBatcher
 from hub.brokers.redis_codec import (
     SCRIPT,
     decode_message,
@@ -110,7 +112,7 @@ class RedisBroker(Broker):
             **extra,
         )
         self._redis = Redis(connection_pool=self._pool)
-        self._script = self._redis.register_script(SCRIPT)
+        self._publishes = ScriptBatcher(self._redis, self._redis.register_script(SCRIPT))
         # Only a factory of pub/sub connections: the listener never pools them.
         self._pubsub_pool = ConnectionPool.from_url(
             url, retry=Retry(NoBackoff(), 0), client_name="ssehub-pubsub", **options, **extra
@@ -209,8 +211,8 @@ class RedisBroker(Broker):
 
     async def publish(self, channel: str, payloads: Sequence[Payload]) -> list[str]:
         with _unavailable("publish failed"):
-            ids = await self._script(
-                keys=[stream_key(self.prefix, channel)], args=script_args(self.history_size, payloads)
+            ids = await self._publishes.call(
+                [stream_key(self.prefix, channel)], script_args(self.history_size, payloads)
             )
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 

@@ -1,0 +1,90 @@
+"""Calls of the publish script, batched into pipelines.
+
+A publish is one ``EVALSHA`` round trip. Sent one by one, concurrent
+publishes each pay a pool checkout, a socket write, a wake-up of Redis and a
+read: profiled at 100 subscribers per channel, a third of the hub's time was
+redis-py's command path and the send. Here the calls that arrive while a
+round trip is in flight wait for it and then go out together, in one
+pipeline (not a transaction: each call is atomic on its own, being one
+script). With no concurrency nothing changes: a lone call goes out at once,
+as a plain script call.
+
+Order: calls go out in the order they were made, so one client's successive
+publishes keep their order, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+_Call = tuple[Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
+
+
+class ScriptBatcher:
+    def __init__(self, redis: Redis, script: AsyncScript, max_batch: int = 256) -> None:
+        self._redis = redis
+        self._script = script
+        self._max_batch = max_batch
+        self._queue: list[_Call] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    async def call(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run the script with ``keys`` and ``args``; raise what Redis raised."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((keys, args, future))
+        if self._runner is None or self._runner.done():
+            # One runner at a time; it ends when the queue is empty, so an idle
+            # broker holds no task.
+            self._runner = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._queue:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            try:
+                results = await self._send(batch)
+            except Exception as exc:  # the connection failed: every call of the batch failed
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            except BaseException:  # cancelled (loop shutting down): nobody may wait forever
+                for _, _, future in [*batch, *self._queue]:
+                    future.cancel()
+                self._queue.clear()
+                raise
+            for (_, _, future), result in zip(batch, results, strict=True):
+                if future.done():  # its caller was cancelled
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    async def _send(self, batch: list[_Call]) -> list[Any]:
+        if len(batch) == 1:
+            keys, args, _ = batch[0]
+            return [await self._script(keys=keys, args=args)]
+        results = await self._pipeline(batch)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            # Redis lost its scripts (restart, SCRIPT FLUSH): those calls did not
+            # run, so loading the script and sending them again is safe.
+            await self._redis.script_load(self._script.script)
+            again = await self._pipeline([batch[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args, _ in calls:
+            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+        return await pipe.execute(raise_on_error=False)
