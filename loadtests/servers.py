@@ -163,14 +163,10 @@ def hub_available() -> bool:
     return (REPO_ROOT / "hub" / "cli.py").exists() and (REPO_ROOT / "hub" / "__main__.py").exists()
 
 
-class HubRedisServer(HubServer):
-    """ssehub with the Redis broker and its own throw-away redis-server (same core)."""
+class WithOwnRedis(Server):
+    """A server with a throw-away redis-server of its own: started before it, stopped after it."""
 
-    name = "hub-redis"
-
-    def __init__(self, core: int | None = 0, max_connections: int = 20000) -> None:
-        self.redis = RedisServer(core)
-        super().__init__(core, redis_url=self.redis.url, max_connections=max_connections)
+    redis: RedisServer
 
     def start(self) -> Server:
         self.redis.start()
@@ -183,3 +179,13 @@ class HubRedisServer(HubServer):
     def stop(self) -> None:
         super().stop()
         self.redis.stop()
+
+
+class HubRedisServer(WithOwnRedis, HubServer):
+    """ssehub with the Redis broker and its own throw-away redis-server (same core)."""
+
+    name = "hub-redis"
+
+    def __init__(self, core: int | None = 0, max_connections: int = 20000) -> None:
+        self.redis = RedisServer(core)
+        super().__init__(core, redis_url=self.redis.url, max_connections=max_connections)

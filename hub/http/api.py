@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from hub.brokers.base import BrokerUnavailable
 from hub.http.errors import json_error
 from hub.http.metrics import make_registry, render
-from hub.http.stream import StreamState
+from hub.http.raw import StreamState
 
 
 def as_json(value: Any, status: int = 200) -> Response:

@@ -20,7 +20,8 @@ from hub.housekeeping import trim_after_closes
 from hub.http import errors
 from hub.http.api import make_router
 from hub.http.publish import PublishEndpoint, publish_channel_of
-from hub.http.stream import StreamEndpoint, StreamState, stream_channels_of
+from hub.http.raw import StreamState
+from hub.http.stream import StreamEndpoint, stream_channels_of
 from hub.http.types import Receive, Scope, Send
 from hub.settings import Settings
 

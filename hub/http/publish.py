@@ -16,12 +16,10 @@ from urllib.parse import parse_qsl
 import orjson
 
 from hub.brokers.base import BrokerUnavailable
-from hub.http.cors import cors_headers
 from hub.http.errors import send_json_error
-from hub.http.stream import StreamState
+from hub.http.raw import RawEndpoint
 from hub.http.types import Receive, Scope, Send
-from hub.inputs import InputError, Limits, check_channel, parse_publish
-from hub.settings import Settings
+from hub.inputs import InputError, check_channel, parse_publish
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +40,7 @@ class _ClientGone(Exception):
     """The client disconnected before its body was read: nothing to answer."""
 
 
-class PublishEndpoint:
-    def __init__(self, settings: Settings, state: StreamState) -> None:
-        self.settings = settings
-        self.state = state
-        self.limits = Limits(
-            settings.max_event_bytes, settings.max_body_bytes, settings.max_channels_per_stream
-        )
-        self.origins = settings.cors_origin_list
-
+class PublishEndpoint(RawEndpoint):
     async def __call__(self, scope: Scope, receive: Receive, send: Send, channel: str) -> None:
         origin: str | None = None
         content_type: str | None = None
@@ -63,7 +53,7 @@ class PublishEndpoint:
                 declared = value.decode("latin-1")
             elif key == b"origin":
                 origin = value.decode("latin-1")
-        cors = cors_headers(self.origins, origin)
+        cors = self.cors(origin)
         try:
             if scope["method"] != "POST":
                 raise InputError(405, "method_not_allowed", "events are published with POST")

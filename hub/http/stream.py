@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from hub import sse
 from hub.brokers.base import BrokerUnavailable
 from hub.core.hub import Hub
 from hub.core.subscriber import Subscriber
-from hub.http.cors import cors_headers
 from hub.http.errors import send_json_error
+from hub.http.raw import RawEndpoint, StreamState
 from hub.http.sinks import AsgiSink, TransportSink
 from hub.http.types import Receive, Scope, Send
-from hub.inputs import InputError, Limits, check_channel, pick_last_event_id, resumes_for, stream_channels
+from hub.inputs import InputError, check_channel, pick_last_event_id, resumes_for, stream_channels
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,22 +46,9 @@ def stream_channels_of(path: str) -> tuple[str | None, bool] | None:
     return None
 
 
-@dataclass(slots=True)
-class StreamState:
-    """Process-wide state the endpoint reads (set by the app's lifespan)."""
-
-    hub: Hub | None = None
-    draining: bool = False
-
-
-class StreamEndpoint:
+class StreamEndpoint(RawEndpoint):
     def __init__(self, settings: Settings, state: StreamState) -> None:
-        self.settings = settings
-        self.state = state
-        self.limits = Limits(
-            settings.max_event_bytes, settings.max_body_bytes, settings.max_channels_per_stream
-        )
-        self.origins = settings.cors_origin_list
+        super().__init__(settings, state)
         # The head goes out at once; these first bytes as soon as every channel is
         # subscribed at the broker, before any replay: a client that has seen
         # ": ok" cannot miss a later publish.
@@ -143,11 +129,8 @@ class StreamEndpoint:
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
         ]
-        out.extend(self._cors(request))
+        out.extend(self.cors(request.get("origin")))
         return out
-
-    def _cors(self, request: dict[str, str]) -> list[tuple[bytes, bytes]]:
-        return cors_headers(self.origins, request.get("origin"))
 
     def come_back(self) -> bytes:
         """A ``retry:`` with jitter, so refused clients do not return in step."""
@@ -178,5 +161,5 @@ class StreamEndpoint:
             else f"this node holds its maximum of {self.settings.max_connections} streams"
         )
         await send_json_error(
-            send, 503, "unavailable", detail, [(b"retry-after", b"2"), *self._cors(headers)]
+            send, 503, "unavailable", detail, [(b"retry-after", b"2"), *self.cors(headers.get("origin"))]
         )

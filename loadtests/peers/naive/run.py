@@ -13,12 +13,12 @@ import time
 
 from loadtests.common import LOOPBACK, raise_nofile_limit, wait_http_ok
 from loadtests.gen.target import Target, naive_target
-from loadtests.servers import RedisServer, Server, python_exe
+from loadtests.servers import RedisServer, WithOwnRedis, python_exe
 
 log = logging.getLogger(__name__)
 
 
-class NaiveServer(Server):
+class NaiveServer(WithOwnRedis):
     """uvicorn (1 worker, uvloop, httptools) running peers/naive/app.py + its own redis."""
 
     name = "naive"
@@ -29,18 +29,6 @@ class NaiveServer(Server):
         self.max_connections = max_connections  # 0: redis-py's default pool (100)
         if max_connections:
             self.name = "naive-pool"
-
-    def start(self) -> Server:
-        self.redis.start()
-        try:
-            return super().start()
-        except BaseException:
-            self.redis.stop()
-            raise
-
-    def stop(self) -> None:
-        super().stop()
-        self.redis.stop()
 
     def command(self) -> list[str]:
         return [

@@ -1,0 +1,43 @@
+"""What the raw ASGI endpoints share: the process state they read, limits, CORS.
+
+Streams (:mod:`hub.http.stream`) and publishes (:mod:`hub.http.publish`) are
+the two hot paths, served in front of FastAPI. FastAPI's ``CORSMiddleware``
+still covers the other routes and answers every preflight (``OPTIONS``); the
+raw endpoints add the same ``Access-Control-Allow-Origin`` through here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hub.core.hub import Hub
+from hub.inputs import Limits
+from hub.settings import Settings
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class StreamState:
+    """Process-wide state the endpoints read (set by the app's lifespan)."""
+
+    hub: Hub | None = None
+    draining: bool = False
+
+
+class RawEndpoint:
+    def __init__(self, settings: Settings, state: StreamState) -> None:
+        self.settings = settings
+        self.state = state
+        self.limits = Limits(
+            settings.max_event_bytes, settings.max_body_bytes, settings.max_channels_per_stream
+        )
+        self.origins = settings.cors_origin_list
+
+    def cors(self, origin: str | None) -> Headers:
+        """The CORS headers for a request from ``origin`` under ``HUB_CORS_ORIGINS``."""
+        if "*" in self.origins:
+            return [(b"access-control-allow-origin", b"*")]
+        if origin and origin in self.origins:
+            return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+        return []
