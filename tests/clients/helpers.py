@@ -50,6 +50,21 @@ def publish_text(base: str, channel: str, text: str, event: str | None = None) -
     return str(response.json()["id"])
 
 
+MIX_TEXT = "first line\n\n  third line, indented\n"
+
+
+def publish_mix(base: str, channel: str) -> list[str]:
+    """What every EventSource-like client is shown: JSON, typed JSON, multi-line
+    text, a type nobody listens to, typed text. Returns the five ids."""
+    return [
+        publish(base, channel, {"n": 1, "s": "é ✓"}),
+        publish(base, channel, [1, 2], event="update"),
+        publish_text(base, channel, MIX_TEXT),
+        publish(base, channel, "nobody listens", event="other"),
+        publish_text(base, channel, "typed text", event="update"),
+    ]
+
+
 def subscribers(base: str, channel: str) -> int:
     listing = httpx.get(f"{base}/channels", timeout=10).json()["channels"]
     return next((int(c["subscribers"]) for c in listing if c["channel"] == channel), 0)

@@ -28,7 +28,14 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from tests.clients.conftest import RETRY_MS
-from tests.clients.helpers import CutProxy, fresh, publish, publish_text, wait_subscribed
+from tests.clients.helpers import (
+    MIX_TEXT,
+    CutProxy,
+    fresh,
+    publish,
+    publish_mix,
+    wait_subscribed,
+)
 from tests.support.procs import HubProcess, require_binary, wait_until
 
 pytestmark = pytest.mark.integration
@@ -207,14 +214,7 @@ def test_typed_untyped_and_multiline_events_cross_origin(
     assert first.headers["origin"] == page_origin  # a cross-origin request...
     assert first.headers["accept"] == "text/event-stream"
     assert b"access-control-allow-origin: *\r\n" in proxy.downstream(1)  # ...that CORS lets through
-    text = "first line\n\n  third line, indented\n"
-    ids = [
-        publish(fast_hub.url, channel, {"n": 1, "s": "é ✓"}),
-        publish(fast_hub.url, channel, [1, 2], event="update"),
-        publish_text(fast_hub.url, channel, text),
-        publish(fast_hub.url, channel, "nobody listens", event="other"),
-        publish_text(fast_hub.url, channel, "typed text", event="update"),
-    ]
+    ids = publish_mix(fast_hub.url, channel)
     page.wait_events("s", 4)
     beats = proxy.downstream(1).count(b"\r\n:\n\r\n")
     proxy.wait_downstream(1, b"\r\n:\n\r\n", times=beats + 2)
@@ -223,7 +223,7 @@ def test_typed_untyped_and_multiline_events_cross_origin(
     assert [(e["kind"], e["type"], e["data"], e["lastEventId"]) for e in events] == [
         ("message", "message", '{"n":1,"s":"é ✓"}', ids[0]),
         ("typed", "update", "[1,2]", ids[1]),
-        ("message", "message", text, ids[2]),
+        ("message", "message", MIX_TEXT, ids[2]),
         ("typed", "update", "typed text", ids[4]),
         ("message", "message", '"last"', ids[5]),
     ]

@@ -20,7 +20,14 @@ from typing import Any
 import pytest
 
 from tests.clients.conftest import RETRY_MS
-from tests.clients.helpers import CutProxy, fresh, publish, publish_text, wait_subscribed
+from tests.clients.helpers import (
+    MIX_TEXT,
+    CutProxy,
+    fresh,
+    publish,
+    publish_mix,
+    wait_subscribed,
+)
 from tests.support.procs import HubProcess, require_binary, wait_until
 
 pytestmark = pytest.mark.integration
@@ -127,14 +134,7 @@ def test_typed_untyped_text_and_json_events(node: str, fast_hub: HubProcess, pro
         client.wait("open")
         wait_subscribed(fast_hub.url, channel)
         proxy.wait_downstream(1, HEARTBEAT_ON_WIRE, times=2)
-        text = "first line\n\n  third line, indented\n"
-        ids = [
-            publish(fast_hub.url, channel, {"n": 1, "s": "é ✓"}),
-            publish(fast_hub.url, channel, [1, 2], event="update"),
-            publish_text(fast_hub.url, channel, text),
-            publish(fast_hub.url, channel, "nobody listens", event="other"),
-            publish_text(fast_hub.url, channel, "typed text", event="update"),
-        ]
+        ids = publish_mix(fast_hub.url, channel)
         client.wait_events(4)
         beats = proxy.downstream(1).count(HEARTBEAT_ON_WIRE)
         proxy.wait_downstream(1, HEARTBEAT_ON_WIRE, times=beats + 2)
@@ -145,7 +145,7 @@ def test_typed_untyped_text_and_json_events(node: str, fast_hub: HubProcess, pro
         assert [(e["kind"], e["type"], e["data"], e["lastEventId"]) for e in events] == [
             ("message", "message", '{"n":1,"s":"é ✓"}', ids[0]),
             ("typed", "update", "[1,2]", ids[1]),
-            ("message", "message", text, ids[2]),
+            ("message", "message", MIX_TEXT, ids[2]),
             ("typed", "update", "typed text", ids[4]),
             ("message", "message", '"last"', ids[5]),
         ]
