@@ -174,11 +174,13 @@ class RedisBroker(Broker):
             return
         start = max(sub.last, sub.base)
         missed = await self._read_history(sub.name, start)
-        if missed.gap:
-            # The cut outlasted the stream's length: live clients cannot be told (the
-            # hub has no gap event for them), so at least the operator is.
-            log.warning("events of %s published during the cut were trimmed before the refill", sub.name)
         held, sub.held = sub.held or [], None
+        if missed.gap:
+            # The cut outlasted the stream's length: the streams of this channel
+            # are told (hub.gap, as a resuming client would be), then get what is left.
+            log.warning("events of %s published during the cut were trimmed before the refill", sub.name)
+            if self._deliver is not None:
+                self._deliver(Event.gap(sub.name, format_id(start), missed.oldest))
         for event in missed.events:
             self._accept(sub, event)
         for event in held:

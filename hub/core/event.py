@@ -18,6 +18,8 @@ from hub.core.ids import Key, format_id
 
 PayloadKind = Literal["json", "text"]
 
+GAP_EVENT = "hub.gap"
+
 
 @dataclass(frozen=True, slots=True)
 class Payload:
@@ -79,6 +81,20 @@ class Event:
             parts.append(b"\n")
             body = self._multi_body = b"".join(parts)
         return body
+
+    @classmethod
+    def gap(cls, channel: str, requested: str | None, oldest: str | None) -> Event:
+        """The hub's own ``hub.gap``: events after ``requested`` were dropped
+        from history; what follows starts at ``oldest``.
+
+        It has no id (it must not move the client's cursor: a client that
+        reconnects from the same place is told again), and its data already
+        names the channel, so multi-channel streams get it unwrapped.
+        """
+        data = orjson.dumps({"channel": channel, "requested": requested, "oldest": oldest}).decode()
+        event = cls(channel, None, Payload("json", data, event=GAP_EVENT))
+        event._multi_body = event.frame
+        return event
 
     def __repr__(self) -> str:
         return f"Event({self.channel!r}, {self.id!r}, {self.payload!r})"

@@ -23,8 +23,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import orjson
-
 from hub import sse
 from hub.brokers.base import Broker
 from hub.core.event import Event
@@ -382,8 +380,7 @@ class Hub:
 
     @staticmethod
     def gap_frame(channel: str, requested: str | None, oldest: str | None) -> bytes:
-        data = orjson.dumps({"channel": channel, "requested": requested, "oldest": oldest})
-        return sse.encode_event(data.decode(), event="hub.gap")
+        return Event.gap(channel, requested, oldest).frame
 
     def channel_counts(self) -> dict[str, int]:
         return {name: ch.subscribers for name, ch in self.channels.items()}

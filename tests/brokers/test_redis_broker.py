@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import fakeredis
+import orjson
 import pytest
 from fakeredis.aioredis import FakeAsyncRedisConnection
 from redis.exceptions import ResponseError
@@ -220,6 +222,37 @@ async def test_after_a_cut_the_missed_events_are_delivered_once_in_order(
         ids[2],
     ]
     assert datas(got) == ["1", "2", "3", "4"]
+
+
+async def test_a_cut_longer_than_the_history_is_told_to_live_streams_as_a_gap(
+    make: Make, server: fakeredis.FakeServer, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    broker, got = await make()
+    await broker.subscribe("c")
+    heard = await broker.publish("c", json_payloads(1, 2))
+    await until(lambda: len(got) == 2)
+    # Published during the cut (never announced here), then trimmed but for the newest.
+    key = stream_key("hub", "c")
+    for n in (3, 4, 5):
+        await redis.xadd(key, {"k": "json", "d": str(n)})
+    await redis.xtrim(key, maxlen=1, approximate=False)
+    entries: Any = await redis.xrange(key)
+    (kept,) = entries
+    server.connected = False
+    await until(lambda: not broker.ready)
+    server.connected = True
+    await until(lambda: broker.ready)
+    after = await broker.publish("c", json_payloads(6))
+    await until(lambda: len(got) == 5)
+    gap = got[2]
+    assert gap.key is None  # no id: it moves no cursor
+    assert gap.payload.event == "hub.gap"
+    oldest = kept[0].decode()
+    assert orjson.loads(gap.payload.data) == {"channel": "c", "requested": heard[1], "oldest": oldest}
+    assert gap.frame.startswith(b"event: hub.gap\ndata: ")
+    assert gap.multi_body == gap.frame  # names its channel itself: not wrapped on multi streams
+    assert [e.id for e in got[3:]] == [oldest, after[0]]
+    assert datas(got) == ["1", "2", gap.payload.data, "5", "6"]
 
 
 async def test_redis_errors_reach_callers_as_broker_unavailable(
