@@ -150,7 +150,12 @@ class StreamEndpoint(RawEndpoint):
                 {
                     "type": "http.response.start",
                     "status": 200,
-                    "headers": [*self._headers(headers), (b"content-length", str(len(body)).encode())],
+                    "headers": [
+                        *self._headers(headers),
+                        (b"content-length", str(len(body)).encode()),
+                        # the socket is freed at once: a full node keeps no idle keep-alives
+                        (b"connection", b"close"),
+                    ],
                 }
             )
             await send({"type": "http.response.body", "body": body})

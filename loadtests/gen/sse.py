@@ -79,6 +79,10 @@ class SseSubscriber(asyncio.Protocol):
     def _on_first_bytes(self, data: bytes) -> None:
         first, self.first = self.first, None
         ok = data.startswith(b"HTTP/1.1 200") or data.startswith(b"HTTP/1.0 200")
+        if ok and b"\r\ncontent-length:" in data.split(b"\r\n\r\n", 1)[0].lower():
+            # A stream never has a length. A 200 with one is a refusal the client is meant
+            # to retry later (the hub answers EventSource clients so when it is full).
+            ok = False
         if ok:
             self.alive = True
             self.stats.opened += 1

@@ -54,6 +54,18 @@ async def test_full_node_refuses_new_streams_and_keeps_the_old(small_hub: HubPro
         parser.feed(es.content)
         assert parser.retry is not None
         assert 1000 <= parser.retry <= 3000
+        assert es.headers["connection"] == "close"
+        # ... and the node closes that socket at once (it keeps no idle keep-alives).
+        with socket.create_connection(("127.0.0.1", small_hub.port)) as sock:
+            sock.sendall(
+                b"GET /channels/full/stream HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            sock.settimeout(5)  # a kept-alive socket would time out here instead of ending
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert b"\r\n\r\nretry: " in answer
         # The streams already open are unaffected.
         await publish(http, small_hub.url, "full", "still here")
         for s in (a, b, c):
