@@ -143,6 +143,7 @@ class RedisBroker(Broker):
     async def stop(self) -> None:
         await self._listener.stop()
         self._up = False
+        await self._publishes.close()
         await self._redis.aclose()
         await self._pool.disconnect()
         self._deliver = None

@@ -44,6 +44,16 @@ class ScriptBatcher:
             self._runner = asyncio.create_task(self._run())
         return await future
 
+    async def close(self) -> None:
+        """Stop: calls still queued or in flight are cancelled."""
+        runner, self._runner = self._runner, None
+        if runner is not None and not runner.done():
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        for _, _, future in self._queue:
+            future.cancel()
+        self._queue.clear()
+
     async def _run(self) -> None:
         while self._queue:
             batch = self._queue[: self._max_batch]

@@ -109,3 +109,13 @@ async def test_a_cancelled_caller_does_not_disturb_the_others(redis: Counting) -
     assert len(others) == 9, done
     assert others == sorted(others)
     assert await redis.llen("log") >= 9
+
+
+async def test_close_cancels_what_is_queued_or_in_flight(redis: Counting) -> None:
+    batcher = ScriptBatcher(redis, redis.register_script(SCRIPT))
+    calls = [asyncio.create_task(batcher.call(["log"], [i])) for i in range(5)]
+    await asyncio.sleep(0)  # queued, the runner started
+    await batcher.close()
+    done = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in done), done
+    assert await batcher.call(["log"], ["after"]) >= 1  # usable again (a new runner)
