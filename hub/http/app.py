@@ -93,9 +93,9 @@ class HubApp:
         log.info("hub stopped")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Streams and publishes, the two hot paths, bypass FastAPI; preflights
-        # (OPTIONS) go to its CORS middleware like everything else.
-        if scope["type"] == "http" and scope["method"] != "OPTIONS":
+        # Streams and publishes, the two hot paths, bypass FastAPI; CORS preflights
+        # go to its CORS middleware like everything else.
+        if scope["type"] == "http" and not _is_preflight(scope):
             path = scope["path"]
             route = stream_channels_of(path)
             if route is not None:
@@ -106,6 +106,12 @@ class HubApp:
                 await self.publish(scope, receive, send, channel)
                 return
         await self.api(scope, receive, send)
+
+
+def _is_preflight(scope: Scope) -> bool:
+    return scope["method"] == "OPTIONS" and any(
+        key.lower() == b"access-control-request-method" for key, _ in scope["headers"]
+    )
 
 
 def create_app(settings: Settings | None = None) -> HubApp:

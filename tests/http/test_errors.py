@@ -58,6 +58,8 @@ JSON = {"Content-Type": "application/json"}
         ("GET", "/stream?channel=ok&channel=n%C3%B6", {}, b"", 400, "bad_channel"),
         ("POST", "/channels/c/stream", {}, b"", 405, "method_not_allowed"),
         ("GET", "/channels/c/events", {}, b"", 405, "method_not_allowed"),
+        ("OPTIONS", "/channels/c/events", {}, b"", 405, "method_not_allowed"),  # not a preflight
+        ("OPTIONS", "/channels/c/stream", {}, b"", 405, "method_not_allowed"),
         ("GET", "/nowhere", {}, b"", 404, "not_found"),
         ("DELETE", "/channels", {}, b"", 405, "method_not_allowed"),
     ],
