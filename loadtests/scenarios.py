@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,24 +132,34 @@ def _delivery_result(
     return out
 
 
+def _publish_and_count(
+    pool: GeneratorPool, publish: Callable[[], Coroutine[Any, Any, PublishResult]], per_event: int
+) -> dict[str, Any]:
+    """Run one publisher against the streams already open, count what reached them
+    (``per_event`` deliveries expected per accepted event), then close the streams."""
+    pool.reset()
+    cpu0 = pool.cpu_seconds()
+    pub = run_async(publish)
+    assert isinstance(pub, PublishResult)
+    at_end, cpu = pool.received_total(), pool.cpu_seconds() - cpu0
+    _drain(pool)
+    result = _delivery_result(pool, pub, per_event, at_end, cpu)
+    pool.close_streams()
+    return result
+
+
 def fanout(server: Server, pool: GeneratorPool, subscribers: int, duration: float) -> dict[str, Any]:
     """S subscribers on one channel; closed-loop publisher at the highest sustained rate."""
     channel = _unique("fan")
     conn = _connect(server, pool, [channel] * subscribers)
     live = max(1, int(conn["held"]))
     window = max(2.0, IN_FLIGHT_DELIVERIES / live)
-    pool.reset()
-    cpu0 = pool.cpu_seconds()
-    pub = run_async(
-        lambda: publish_closed_loop(server.target(), [channel], duration, window, live, pool.received_total)
+    result = _publish_and_count(
+        pool,
+        lambda: publish_closed_loop(server.target(), [channel], duration, window, live, pool.received_total),
+        live,
     )
-    assert isinstance(pub, PublishResult)
-    at_end, cpu = pool.received_total(), pool.cpu_seconds() - cpu0
-    _drain(pool)
-    out = {"subscribers": subscribers, "held": conn["held"], "window_events": round(window, 1)}
-    out.update(_delivery_result(pool, pub, live, at_end, cpu))
-    pool.close_streams()
-    return out
+    return {"subscribers": subscribers, "held": conn["held"], "window_events": round(window, 1), **result}
 
 
 def latency(
@@ -158,16 +169,10 @@ def latency(
     channel = _unique("lat")
     conn = _connect(server, pool, [channel] * subscribers)
     live = max(1, int(conn["held"]))
-    pool.reset()
-    cpu0 = pool.cpu_seconds()
-    pub = run_async(lambda: publish_rate(server.target(), [channel], rate, duration, conns=2))
-    assert isinstance(pub, PublishResult)
-    at_end, cpu = pool.received_total(), pool.cpu_seconds() - cpu0
-    _drain(pool)
-    out = {"subscribers": subscribers, "held": conn["held"], "rate": rate}
-    out.update(_delivery_result(pool, pub, live, at_end, cpu))
-    pool.close_streams()
-    return out
+    result = _publish_and_count(
+        pool, lambda: publish_rate(server.target(), [channel], rate, duration, conns=2), live
+    )
+    return {"subscribers": subscribers, "held": conn["held"], "rate": rate, **result}
 
 
 def channels(
@@ -179,20 +184,14 @@ def channels(
     conn = _connect(server, pool, [names[i % n_channels] for i in range(subscribers)])
     per_channel = max(1.0, int(conn["held"]) / n_channels)
     window = max(8.0, IN_FLIGHT_DELIVERIES / per_channel)
-    pool.reset()
-    cpu0 = pool.cpu_seconds()
-    pub = run_async(
+    result = _publish_and_count(
+        pool,
         lambda: publish_closed_loop(
             server.target(), names, duration, window, per_channel, pool.received_total, conns=8
-        )
+        ),
+        round(per_channel),
     )
-    assert isinstance(pub, PublishResult)
-    at_end, cpu = pool.received_total(), pool.cpu_seconds() - cpu0
-    _drain(pool)
-    out = {"subscribers": subscribers, "channels": n_channels, "held": conn["held"]}
-    out.update(_delivery_result(pool, pub, round(per_channel), at_end, cpu))
-    pool.close_streams()
-    return out
+    return {"subscribers": subscribers, "channels": n_channels, "held": conn["held"], **result}
 
 
 def waves(server: Server, pool: GeneratorPool, size: int, n_waves: int) -> dict[str, Any]:

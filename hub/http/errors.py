@@ -37,6 +37,11 @@ def json_error(status: int, error: str, detail: str, headers: dict[str, str] | N
     return Response(error_body(error, detail), status, headers=headers, media_type="application/json")
 
 
+def broker_unavailable(exc: BrokerUnavailable) -> tuple[int, str, str, dict[str, str]]:
+    """The answer to a request the broker cannot serve now: status, error, detail, headers."""
+    return 503, "unavailable", f"the broker is unavailable: {exc}", {"Retry-After": "1"}
+
+
 async def send_json_error(
     send: Send, status: int, error: str, detail: str, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
@@ -76,7 +81,8 @@ def install(app: FastAPI) -> None:
         return json_error(400, "bad_request", f"{where}: {first.get('msg', 'invalid request')}")
 
     async def on_broker(_: Request, exc: Exception) -> Response:
-        return json_error(503, "unavailable", f"the broker is unavailable: {exc}", {"Retry-After": "1"})
+        assert isinstance(exc, BrokerUnavailable)
+        return json_error(*broker_unavailable(exc))
 
     async def on_any(_: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)

@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from hub.brokers.base import BrokerUnavailable
-from hub.http.errors import send_json_error
+from hub.http.errors import broker_unavailable, send_json_error
 from hub.http.raw import RawEndpoint
 from hub.http.types import Receive, Scope, Send
 from hub.inputs import InputError, check_channel, parse_publish
@@ -72,13 +72,9 @@ class PublishEndpoint(RawEndpoint):
             await send_json_error(send, exc.status, exc.error, exc.detail, [*extra, *cors])
             return
         except BrokerUnavailable as exc:
-            await send_json_error(
-                send,
-                503,
-                "unavailable",
-                f"the broker is unavailable: {exc}",
-                [(b"retry-after", b"1"), *cors],
-            )
+            status, error, detail, headers = broker_unavailable(exc)
+            extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+            await send_json_error(send, status, error, detail, [*extra, *cors])
             return
         except _ClientGone:
             return
