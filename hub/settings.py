@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1, le=256 << 20)
     max_channels_per_stream: int = Field(32, ge=1, le=1024)
     max_pending_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)
+    stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a stream whose socket takes nothing for this long while a replay waits on it is cut as slow",
+    )
     max_connections: int = Field(10_000, ge=1, le=10_000_000)
     shutdown_seconds: float = Field(10.0, ge=0, le=3600)
     cors_origins: str = Field("*", description="comma-separated origins for CORS, '*' for any, '' for none")

@@ -9,25 +9,32 @@ How an event reaches every socket (see ARCHITECTURE.md):
    per subscriber per tick, however many events. Multi-channel subscribers
    get their frames (with their own cursor) queued and written once too.
 3. A subscriber whose sink holds more than ``max_pending_bytes`` is cut.
+   A subscriber whose connection is gone (its sink raises) is ended. Either
+   way only that subscriber is touched: an error while writing to one
+   socket never leaves the flush, the heartbeat or the replay of another.
 
 A new subscriber is first *held*: it is registered on its channels (and the
 broker subscribed) before the history is read, live events meanwhile are
 kept aside, and after the replay only held events newer than the replay are
 written. No event falls between history and live, and none comes twice.
+Replays and held events are written in slices as the socket drains, never
+more than about ``max_pending_bytes`` queued at once; a subscriber whose
+socket takes nothing for ``stall_seconds`` meanwhile is cut as slow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from hub import sse
 from hub.brokers.base import Broker
 from hub.core.event import Event
 from hub.core.ids import ZERO, Key
-from hub.core.subscriber import NO_EVENTS, Batch, Resume, Subscriber
+from hub.core.subscriber import NO_EVENTS, Batch, Resume, SinkClosed, Subscriber
+from hub.core.throttle import Throttled
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,8 @@ LINGER_SECONDS = 0.001
 # Ticks per heartbeat interval: a stream idle for one interval gets its
 # heartbeat within a quarter interval more.
 _TICKS = 4
+# Replays go out in slices of about this size, each once the socket has room.
+REPLAY_SLICE = 64 * 1024
 
 
 class Channel:
@@ -64,6 +73,8 @@ class HubStats:
     events: int = 0
     deliveries: int = 0
     slow_cut: int = 0
+    # Streams ended because their connection was gone under a write.
+    gone: int = 0
     streams_opened: int = 0
     streams_closed: int = 0
     refused: int = 0
@@ -76,10 +87,12 @@ class Hub:
         *,
         heartbeat_seconds: float = 15.0,
         max_pending_bytes: int = 1 << 20,
+        stall_seconds: float = 30.0,
     ) -> None:
         self.broker = broker
         self.heartbeat_seconds = heartbeat_seconds
         self.max_pending_bytes = max_pending_bytes
+        self.stall_seconds = stall_seconds
         self.channels: dict[str, Channel] = {}
         self.subscribers: dict[Subscriber, None] = {}
         self.stats = HubStats()
@@ -94,6 +107,8 @@ class Hub:
         # Channels being unsubscribed at the broker, so that a new subscribe
         # of the same name waits for it and the broker sees them in order.
         self._leaving: dict[str, asyncio.Task[None]] = {}
+        self._slow_log = Throttled(log)
+        self._fault_log = Throttled(log, level=logging.ERROR)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -117,6 +132,15 @@ class Hub:
         for sub in subs:
             self._end(sub, "shutdown", final() if final is not None else b"")
         return len(subs)
+
+    def _end(self, sub: Subscriber, reason: str, final: bytes = b"") -> None:
+        sub.reason = reason
+        try:
+            sub.sink.close(final)
+        except Exception as exc:
+            self._lost(sub, exc)
+            return
+        self.detach(sub)
 
     # -- publish side -------------------------------------------------------
 
@@ -151,7 +175,12 @@ class Hub:
         self._last_writes = 0
         dirty, self._dirty = self._dirty, []
         for channel in dirty:
-            self._flush_channel(channel)
+            try:
+                self._flush_channel(channel)
+            except Exception:
+                # A bug, not a client: it must still not cost other channels their events.
+                channel.pending = []
+                self._fault_log.warn("flush of channel %s failed", channel.name, exc_info=True)
         if self._dirty_multi:
             subs, self._dirty_multi = self._dirty_multi, {}
             epoch = self.epoch
@@ -159,35 +188,43 @@ class Hub:
                 if not sub.closed:
                     data = b"".join(sub.out)
                     sub.out.clear()
-                    sub.sink.write(data)
-                    sub.last_epoch = epoch
-                    self._check_pending(sub)
+                    if self._write(sub, data):
+                        sub.last_epoch = epoch
 
     def _flush_channel(self, channel: Channel) -> None:
         events = channel.pending
         if not events:
             return
         channel.pending = []
-        for sub in channel.holding:
-            sub.held.extend(events)
+        if channel.holding:
+            self._hold(channel, events)
         if channel.live:
             raw = events[0].frame if len(events) == 1 else b"".join([e.frame for e in events])
             batch = Batch(raw)
             epoch = self.epoch
             limit = self.max_pending_bytes
             slow: list[Subscriber] | None = None
+            failed: list[tuple[Subscriber, Exception]] | None = None
             for sub in channel.live:
                 sink = sub.sink
-                sink.write_batch(batch)
+                try:
+                    sink.write_batch(batch)
+                    if sink.buffered() > limit:
+                        slow = slow or []
+                        slow.append(sub)
+                except Exception as exc:  # this subscriber's end, nobody else's
+                    failed = failed or []
+                    failed.append((sub, exc))
                 sub.last_epoch = epoch
-                if sink.buffered() > limit + sub.allowance:
-                    slow = slow or []
-                    slow.append(sub)
             self.stats.deliveries += len(channel.live) * len(events)
             self._last_writes += len(channel.live)
+            if failed:
+                for sub, error in failed:
+                    self._lost(sub, error)
             if slow:
                 for sub in slow:
-                    self._cut_slow(sub)
+                    if not sub.closed:
+                        self._cut_slow(sub)
         if channel.multi:
             for sub, index in channel.multi.items():
                 out = sub.out
@@ -205,22 +242,28 @@ class Hub:
         ``resumes[i]`` is None for live-only on channel ``i``. ``greeting`` is
         written once every channel is subscribed at the broker, before any
         replay: a client that has seen it will not miss a later publish.
-        Raises what the broker raises (then ``sub`` is detached).
+        Returns early, with ``sub`` detached, when the stream ended meanwhile
+        (connection gone, too slow). Raises what the broker raises (then
+        ``sub`` is detached).
         """
         if len(resumes) != len(sub.channels):
             raise ValueError("one resume per channel")
         self.subscribers[sub] = None
         self.stats.streams_opened += 1
         sub.held = []
+        sub.held_bytes = 0
         channels = [self._join(name, sub) for name in sub.channels]
         try:
             for channel in channels:
                 await asyncio.shield(channel.ready)
             if greeting and not sub.closed:
-                sub.sink.write(greeting)
+                self._write(sub, greeting)
             floors: list[Key] = []
             for index, (channel, resume) in enumerate(zip(channels, resumes, strict=True)):
+                if sub.closed:
+                    return
                 floors.append(await self._replay(sub, index, channel.name, resume))
+            await self._catch_up(sub, channels, floors)
         except BaseException:
             self.detach(sub)
             raise
@@ -236,11 +279,8 @@ class Hub:
                 sub.positions[index] = floor
             return floor
         history = await self.broker.history(name, resume.after)
-        parts: list[bytes] = []
         if history.gap or resume.malformed:
-            parts.append(self.gap_frame(name, resume.requested, history.oldest))
-        for event in history.events:
-            parts.append(sub.frame_for(index, event))
+            self._write(sub, self.gap_frame(name, resume.requested, history.oldest))
         if history.events and history.events[-1].key is not None:
             floor = history.events[-1].key
         else:
@@ -248,32 +288,107 @@ class Hub:
             floor = history.last if resume.after is None else min(resume.after, history.last)
             if sub.multi:
                 sub.positions[index] = floor
-        if parts and not sub.closed:
-            data = b"".join(parts)
-            # A resume may write a whole history at once; that is not the
-            # client being slow, so its buffer limit grows by the replay.
-            sub.allowance += len(data)
-            sub.sink.write(data)
+        await self._write_paced(sub, (sub.frame_for(index, event) for event in history.events))
         return floor
 
+    async def _catch_up(self, sub: Subscriber, channels: list[Channel], floors: list[Key]) -> None:
+        """Write the live events held back during the replay, paced like it,
+        until what is held is what one tick brings (then ``_go_live`` is quick)."""
+        while sub.held and not sub.closed:
+            for channel in channels:
+                self._flush_channel(channel)
+            held, sub.held = sub.held, []
+            sub.held_bytes = 0
+            await self._write_paced(sub, self._newer(sub, channels, floors, held))
+
+    def _newer(
+        self, sub: Subscriber, channels: list[Channel], floors: list[Key], held: list[Event]
+    ) -> Iterable[bytes]:
+        """Frames of the ``held`` events past each channel's floor, moving the floors."""
+        index_of = {channel.name: i for i, channel in enumerate(channels)}
+        for event in held:
+            index = index_of[event.channel]
+            key = event.key
+            if key is not None:
+                if key <= floors[index]:
+                    continue
+                floors[index] = key
+            yield sub.frame_for(index, event)
+
     def _go_live(self, sub: Subscriber, channels: list[Channel], floors: list[Key]) -> None:
-        parts: list[bytes] = []
-        for index, channel in enumerate(channels):
-            # Whatever was dispatched but not yet flushed lands in ``held``
-            # now, so that it cannot also reach ``sub`` through the live path.
+        # Whatever was dispatched but not yet flushed lands in ``held`` now, so
+        # that it cannot also reach ``sub`` through the live path; from here to
+        # joining the live set there is no ``await``.
+        for channel in channels:
             self._flush_channel(channel)
-            floor = floors[index]
-            held = [e for e in sub.held if e.channel == channel.name and (e.key is None or e.key > floor)]
-            parts.extend(sub.frame_for(index, e) for e in held)
+        data = b"".join(self._newer(sub, channels, floors, sub.held))
+        sub.held = NO_EVENTS
+        sub.held_bytes = 0
+        for index, channel in enumerate(channels):
             del channel.holding[sub]
             if sub.multi:
                 channel.multi[sub] = index
             else:
                 channel.live[sub] = None
-        sub.held = NO_EVENTS
+        if data:
+            self._write(sub, data)
+
+    def _hold(self, channel: Channel, events: list[Event]) -> None:
+        """Keep ``events`` aside for the subscribers of ``channel`` still replaying."""
+        size = sum(len(e.frame) for e in events)
+        over: list[Subscriber] = []
+        for sub in channel.holding:
+            sub.held.extend(events)
+            sub.held_bytes += size
+            if sub.held_bytes > self.max_pending_bytes:
+                over.append(sub)
+        for sub in over:
+            # Live events pile up faster than the replay drains: as slow as any.
+            self._cut_slow(sub)
+
+    async def _write_paced(self, sub: Subscriber, frames: Iterable[bytes]) -> None:
+        """Write ``frames`` in slices, each once the socket has room for it.
+
+        At most one slice more than the sink's own low-water mark is queued at
+        any time, however long the replay. A socket that takes nothing for
+        ``stall_seconds`` is cut as slow.
+        """
+        parts: list[bytes] = []
+        size = 0
+        for frame in frames:
+            parts.append(frame)
+            size += len(frame)
+            if size >= REPLAY_SLICE:
+                if not await self._write_slice(sub, b"".join(parts)):
+                    return
+                parts.clear()
+                size = 0
         if parts:
-            sub.sink.write(b"".join(parts))
-            self._check_pending(sub)
+            await self._write_slice(sub, b"".join(parts))
+
+    async def _write_slice(self, sub: Subscriber, data: bytes) -> bool:
+        if sub.closed or not self._write(sub, data):
+            return False
+        if sub.sink.buffered():
+            try:
+                await asyncio.wait_for(sub.sink.drained(), self.stall_seconds)
+            except TimeoutError:
+                if not sub.closed:
+                    self._cut_slow(sub)
+                return False
+        return not sub.closed
+
+    def _write(self, sub: Subscriber, data: bytes) -> bool:
+        """Write outside the flush's hot loop; False when ``sub`` has ended."""
+        try:
+            sub.sink.write(data)
+        except Exception as exc:
+            self._lost(sub, exc)
+            return False
+        if sub.sink.buffered() > self.max_pending_bytes:
+            self._cut_slow(sub)
+            return False
+        return True
 
     def detach(self, sub: Subscriber) -> None:
         """Forget ``sub`` (its stream is over). Safe to call more than once."""
@@ -335,26 +450,30 @@ class Hub:
 
     # -- ending streams -----------------------------------------------------
 
-    def _check_pending(self, sub: Subscriber) -> None:
-        if sub.sink.buffered() > self.max_pending_bytes + sub.allowance:
-            self._cut_slow(sub)
-
     def _cut_slow(self, sub: Subscriber) -> None:
         self.stats.slow_cut += 1
-        if self.stats.slow_cut == 1 or self.stats.slow_cut % 1000 == 0:
-            log.warning(
-                "cut a subscriber of %s that fell %d bytes behind (%d cut so far)",
-                ",".join(sub.channels),
-                sub.sink.buffered(),
-                self.stats.slow_cut,
-            )
+        self._slow_log.warn(
+            "cut a subscriber of %s that fell %d bytes behind (%d cut so far)",
+            ",".join(sub.channels),
+            max(sub.sink.buffered(), sub.held_bytes),
+            self.stats.slow_cut,
+        )
         sub.reason = "slow"
-        sub.sink.abort()
-        self.detach(sub)
+        self._abort(sub)
 
-    def _end(self, sub: Subscriber, reason: str, final: bytes = b"") -> None:
-        sub.reason = reason
-        sub.sink.close(final)
+    def _lost(self, sub: Subscriber, exc: Exception) -> None:
+        """``sub``'s sink failed: its connection is gone (or its sink has a bug)."""
+        self.stats.gone += 1
+        if not isinstance(exc, SinkClosed):
+            self._fault_log.warn("writing to a stream of %s failed", ",".join(sub.channels), exc_info=exc)
+        sub.reason = "gone"
+        self._abort(sub)
+
+    def _abort(self, sub: Subscriber) -> None:
+        try:
+            sub.sink.abort()
+        except Exception:
+            self._fault_log.warn("aborting a stream of %s failed", ",".join(sub.channels), exc_info=True)
         self.detach(sub)
 
     # -- heartbeats ---------------------------------------------------------
@@ -371,10 +490,8 @@ class Hub:
         """Heartbeat every stream that wrote nothing for a whole interval."""
         stale = self.epoch - _TICKS - 1
         for sub in list(self.subscribers):
-            if sub.last_epoch <= stale and not sub.closed:
-                sub.sink.write(HEARTBEAT)
+            if sub.last_epoch <= stale and not sub.closed and self._write(sub, HEARTBEAT):
                 sub.last_epoch = self.epoch
-                self._check_pending(sub)
 
     # -- hub's own events ---------------------------------------------------
 

@@ -3,7 +3,8 @@
 The core never touches sockets. A subscriber writes to a :class:`Sink`, which
 the HTTP layer provides (straight to the transport, or through ASGI ``send``).
 Writes never block: a sink buffers, and the hub cuts a subscriber whose
-buffer grows past the limit.
+buffer grows past the limit. A sink whose connection is gone raises
+:class:`SinkClosed`; the hub ends that subscriber and nothing else.
 """
 
 from __future__ import annotations
@@ -42,12 +43,26 @@ class Batch:
         return self._framed
 
 
+class SinkClosed(Exception):
+    """Raised by a sink's writes once its connection is gone."""
+
+
 class Sink(Protocol):
-    """Where a subscriber's bytes go. All methods return at once."""
+    """Where a subscriber's bytes go. All methods but :meth:`drained` return at once.
+
+    ``write`` and ``write_batch`` raise :class:`SinkClosed` when the
+    connection is gone. They must never call back into the hub: the hub
+    calls them while it walks its own subscriber sets.
+    """
 
     def write(self, data: bytes) -> None: ...
 
     def write_batch(self, batch: Batch) -> None: ...
+
+    async def drained(self) -> None:
+        """Return once the buffer is down to the sink's low-water mark, or the
+        connection is gone (``abort`` included). Replays pace themselves with it."""
+        ...
 
     def buffered(self) -> int:
         """Bytes accepted but not yet handed to the kernel."""
@@ -82,10 +97,10 @@ class Subscriber:
     its own (see :mod:`hub.core.cursor`)."""
 
     __slots__ = (
-        "allowance",
         "channels",
         "closed",
         "held",
+        "held_bytes",
         "last_epoch",
         "multi",
         "out",
@@ -107,11 +122,11 @@ class Subscriber:
         self.positions: list[Key] = [ZERO] * len(channels) if multi else NO_EVENTS
         # Multi-channel frames queued during one flush, written in one go.
         self.out: list[bytes] = [] if multi else NO_EVENTS
-        # Live events that arrive while the replay is being read (attach only).
+        # Live events that arrive while the replay is being read (attach only),
+        # and their size: held events count against the slow-consumer limit.
         self.held: list[Event] = NO_EVENTS
+        self.held_bytes = 0
         self.last_epoch = 0
-        # Extra buffer room granted for the replay written at attach.
-        self.allowance = 0
         self.closed = False
         self.reason = ""
 

@@ -65,7 +65,12 @@ class HubApp:
     async def start(self) -> None:
         s = self.settings
         broker = broker_for(s)
-        hub = Hub(broker, heartbeat_seconds=s.heartbeat_seconds, max_pending_bytes=s.max_pending_bytes)
+        hub = Hub(
+            broker,
+            heartbeat_seconds=s.heartbeat_seconds,
+            max_pending_bytes=s.max_pending_bytes,
+            stall_seconds=s.stall_seconds,
+        )
         await hub.start()
         self.hub = self.state.hub = hub
         self._trimmer = asyncio.create_task(trim_after_closes(lambda: hub.stats.streams_closed))

@@ -34,6 +34,11 @@ class HubCollector(Collector):
         yield CounterMetricFamily("ssehub_streams_opened", "Streams opened", value=s.streams_opened)
         yield CounterMetricFamily("ssehub_streams_closed", "Streams closed", value=s.streams_closed)
         yield CounterMetricFamily("ssehub_slow_cut", "Streams cut for falling behind", value=s.slow_cut)
+        yield CounterMetricFamily(
+            "ssehub_streams_gone",
+            "Streams ended because their connection was gone under a write",
+            value=s.gone,
+        )
         yield CounterMetricFamily("ssehub_refused", "Streams refused (full or draining)", value=s.refused)
 
 

@@ -22,7 +22,7 @@ import socket
 import struct
 from typing import Any
 
-from hub.core.subscriber import Batch
+from hub.core.subscriber import Batch, SinkClosed
 from hub.http.types import Receive, Send
 
 log = logging.getLogger(__name__)
@@ -64,20 +64,41 @@ class TransportSink:
         return cls(transport)
 
     def write(self, data: bytes) -> None:
-        if data and not self._transport.is_closing():
-            self._transport.write(chunk(data))
+        if self._transport.is_closing():
+            # It would drop the bytes silently: that stream is over.
+            raise SinkClosed
+        if data:
+            self.write_batch(Batch(data))
 
     def write_batch(self, batch: Batch) -> None:
-        # The hot path: one write of bytes shared by every subscriber.
-        self._transport.write(batch.framed(chunk))
+        # The hot path: one write of bytes shared by every subscriber. uvloop
+        # raises RuntimeError once the transport is closed (asyncio's own drops
+        # the bytes); the connection is gone either way, which the hub handles.
+        try:
+            self._transport.write(batch.framed(chunk))
+        except (RuntimeError, OSError) as exc:
+            raise SinkClosed from exc
 
     def buffered(self) -> int:
         return self._transport.get_write_buffer_size()
 
+    async def drained(self) -> None:
+        # uvicorn's flow control is paused above the transport's high-water mark
+        # and resumed below its low-water mark, or when the connection is lost.
+        flow = getattr(self._transport.get_protocol(), "flow", None)
+        if flow is not None and hasattr(flow, "drain"):
+            if flow.write_paused:
+                await flow.drain()
+            return
+        # No flow control to wait on (not uvicorn's protocol): poll, as a last resort.
+        while self.buffered() and not self._transport.is_closing():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
     def close(self, final: bytes = b"") -> None:
         transport = self._transport
         if not transport.is_closing():
-            transport.write((chunk(final) if final else b"") + _END)
+            with contextlib.suppress(RuntimeError, OSError):
+                transport.write((chunk(final) if final else b"") + _END)
             # uvicorn sees the connection go and ends the request's receive().
             transport.close()
 
@@ -85,28 +106,38 @@ class TransportSink:
         # Reset rather than close: a plain close leaves the kernel trickling
         # megabytes of queued data to a client that does not read. With a
         # zero linger the queue is dropped and the client sees the reset now.
-        sock = self._transport.get_extra_info("socket")
+        transport = self._transport
+        if transport.is_closing():
+            # Already going: connection_lost is on its way to the request's receive().
+            return
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-        self._transport.abort()
+        transport.abort()
 
 
 class AsgiSink:
-    __slots__ = ("_aborted", "_buffer", "_closing", "_send", "_size", "_wake")
+    __slots__ = ("_aborted", "_buffer", "_closing", "_idle", "_send", "_size", "_wake")
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self._buffer: list[bytes] = []
         self._size = 0
         self._wake = asyncio.Event()
+        # Set whenever the buffer is empty (handed to ``send``) or the stream is over.
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._closing = False
         self._aborted = False
 
     def write(self, data: bytes) -> None:
+        if self._aborted:
+            raise SinkClosed
         if data and not self._closing:
             self._buffer.append(data)
             self._size += len(data)
+            self._idle.clear()
             self._wake.set()
 
     def write_batch(self, batch: Batch) -> None:
@@ -115,13 +146,18 @@ class AsgiSink:
     def buffered(self) -> int:
         return self._size
 
+    async def drained(self) -> None:
+        await self._idle.wait()
+
     def close(self, final: bytes = b"") -> None:
-        self.write(final)
+        if not self._aborted:
+            self.write(final)
         self._closing = True
         self._wake.set()
 
     def abort(self) -> None:
         self._aborted = True
+        self._idle.set()
         self._wake.set()
 
     async def run(self, receive: Receive) -> None:
@@ -137,8 +173,17 @@ class AsgiSink:
                 data = b"".join(self._buffer)
                 self._buffer.clear()
                 self._size = 0
-                await self._send({"type": "http.response.body", "body": data, "more_body": not self._closing})
+                try:
+                    await self._send(
+                        {"type": "http.response.body", "body": data, "more_body": not self._closing}
+                    )
+                except OSError:  # the client went away mid-send (the server's ClientDisconnected)
+                    return
+                if not self._buffer:
+                    self._idle.set()
                 if self._closing:
                     return
         finally:
+            self._aborted = True
+            self._idle.set()
             watcher.cancel()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hub.core.event import Event, Payload
 from hub.core.ids import Key
-from hub.core.subscriber import Batch
+from hub.core.subscriber import Batch, SinkClosed
 from hub.sse import SSEEvent, SSEParser
 
 
@@ -18,10 +18,14 @@ class RecordingSink:
         self.closed = False
         self.aborted = False
         self.final = b""
+        # The connection went away: writes raise, as a closed transport's do.
+        self.gone = False
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
         assert not self.aborted, "write after abort"
+        if self.gone:
+            raise SinkClosed
         self.data.extend(data)
         self.writes += 1
 
@@ -30,6 +34,9 @@ class RecordingSink:
 
     def buffered(self) -> int:
         return self.pending
+
+    async def drained(self) -> None:
+        return None
 
     def close(self, final: bytes = b"") -> None:
         self.final = final
