@@ -26,6 +26,7 @@ from typing import Any
 import uvicorn
 
 from hub.http.app import HubApp, create_app
+from hub.http.protocol import protocol_class
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,20 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def fd_reserve(settings: Settings) -> int:
+    """Descriptors kept from client connections: the headroom, and Redis's pool when used."""
+    return FD_HEADROOM + (settings.redis_pool_size if settings.redis_url else 0)
+
+
 def uvicorn_config(settings: Settings, app: HubApp | None = None) -> uvicorn.Config:
     return uvicorn.Config(
         app if app is not None else create_app(settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol with connection guards (hub.http.protocol):
+        # head size and time limits, one stream per connection, an fd ration.
+        http=protocol_class(settings.max_header_bytes, settings.header_timeout, fd_reserve(settings)),
         lifespan="on",
         log_level=settings.log_level,
         access_log=settings.log_level in ("debug", "trace"),

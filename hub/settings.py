@@ -36,10 +36,16 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         le=3600,
-        description="a stream whose socket takes nothing for this long while a replay waits on it is cut as slow",
+        description="a stream whose socket takes nothing this long while its replay waits is cut as slow",
     )
     max_connections: int = Field(10_000, ge=1, le=10_000_000)
     shutdown_seconds: float = Field(10.0, ge=0, le=3600)
+    max_header_bytes: int = Field(
+        65536, ge=1024, le=16 << 20, description="request line and headers; past it 414 or 431"
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, le=3600, description="seconds a client has to send a whole request head"
+    )
     cors_origins: str = Field("*", description="comma-separated origins for CORS, '*' for any, '' for none")
 
     @field_validator("redis_url")

@@ -1,0 +1,394 @@
+"""The connection level, under ASGI: uvicorn's httptools protocol with guards.
+
+ASGI sees requests, not connections, so what a client does to a connection
+is guarded here, in :class:`HubHttpProtocol` (a subclass of uvicorn's
+``HttpToolsProtocol``), passed to uvicorn by :func:`hub.server.uvicorn_config`:
+
+* **Streams own their connection.** Once a stream's request head is parsed,
+  the parser is stopped: whatever the client sends after it on that
+  connection (a pipelined request, say) is read and dropped, never handed to
+  uvicorn, so no later request can take the stream's place and hide the
+  client going away; a refused or failed stream closes its connection when
+  its response is complete. Past ``HUB_MAX_HEADER_BYTES`` of such bytes the
+  connection is closed.
+* **Request heads are bounded in size**: past ``HUB_MAX_HEADER_BYTES`` the
+  client gets a JSON 414 (request line) or 431 (headers) and the connection
+  is closed, before the parser buffers more.
+* **and in time**: a connection whose request head has not fully arrived
+  within ``HUB_HEADER_TIMEOUT`` of connecting (or of the first byte of a
+  keep-alive connection's next request) is closed, with a 408 if it sent
+  part of one. One sweep per server does this; no per-connection timer.
+* **File descriptors are rationed**: when open connections reach the
+  open-file limit less a reserve, the oldest connections that have not sent
+  a request head (then idle keep-alives) are closed to make room, so that
+  ``/healthz`` and ``/metrics`` still get in; a new connection is refused
+  only when there is nothing to close. Logged at most once a minute.
+
+Nothing here runs per delivery: a stream's bytes are written by
+:class:`~hub.http.sinks.TransportSink` straight to the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import sys
+import time
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
+
+from hub.http.errors import error_body, error_name
+from hub.http.stream import stream_channels_of
+
+log = logging.getLogger(__name__)
+
+# Where the parser is in the connection's current request.
+_IDLE, _HEAD, _BODY, _GONE = 0, 1, 2, 3
+# After a 414/431 the client may still be sending its oversized head: read and
+# drop this much of it for this long, so that it reads the answer instead of
+# a reset, then close.
+LINGER_BYTES = 1 << 20
+LINGER_SECONDS = 2.0
+# Warn from this fraction of the connection ceiling.
+NEAR_FRACTION = 0.9
+LOG_EVERY_SECONDS = 60.0
+
+
+class _StreamStarted(Exception):
+    """Raised from the parser's callback to stop parsing behind a stream's head."""
+
+
+class ConnectionGuard:
+    """What one server's connections share: the head timer and the fd ration."""
+
+    def __init__(self, max_head_bytes: int, header_timeout: float, fd_reserve: int) -> None:
+        self.max_head_bytes = max_head_bytes
+        self.header_timeout = header_timeout
+        self.fd_reserve = fd_reserve
+        self.open = 0
+        # Connections whose request head has begun (or that sent nothing yet), oldest
+        # first, with when it began; idle keep-alives; closing after a 414/431.
+        self.waiting: dict[HubHttpProtocol, float] = {}
+        self.idle: dict[HubHttpProtocol, None] = {}
+        self.lingering: dict[HubHttpProtocol, float] = {}
+        self.nofile: int | None = None
+        self.ceiling = sys.maxsize
+        self.near = sys.maxsize
+        self.timed_out = 0
+        self.too_large = 0
+        self.evicted = 0
+        self.refused = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._period = min(1.0, max(0.05, header_timeout / 4))
+        self._logged: dict[str, float] = {}
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY:
+            self.nofile = soft
+            self.ceiling = max(1, soft - self.fd_reserve)
+            self.near = max(1, int(self.ceiling * NEAR_FRACTION))
+
+    def admit(self, proto: HubHttpProtocol) -> None:
+        if self._loop is None:
+            self._start(proto.loop)
+        self.open += 1
+        self.waiting[proto] = time.monotonic()
+        self.arm()
+        if self.open >= self.near:
+            self._crowded(proto)
+
+    def forget(self, proto: HubHttpProtocol) -> None:
+        self.waiting.pop(proto, None)
+        self.idle.pop(proto, None)
+        self.lingering.pop(proto, None)
+        if proto.phase != _GONE:
+            proto.phase = _GONE
+            self.open -= 1
+
+    def linger(self, proto: HubHttpProtocol) -> None:
+        self.waiting.pop(proto, None)
+        self.lingering[proto] = time.monotonic() + LINGER_SECONDS
+        self.arm()
+
+    def arm(self) -> None:
+        if self._timer is None and self._loop is not None and (self.waiting or self.lingering):
+            self._timer = self._loop.call_later(self._period, self.sweep)
+
+    def sweep(self) -> None:
+        """Close the connections past their head deadline, and the lingering ones."""
+        self._timer = None
+        now = time.monotonic()
+        cutoff = now - self.header_timeout
+        expired = []
+        for proto, since in self.waiting.items():  # oldest first
+            if since > cutoff:
+                break
+            expired.append(proto)
+        for proto in expired:
+            proto.head_timed_out()
+        if expired:
+            self.timed_out += len(expired)
+            self._log_once(
+                "timeout",
+                logging.INFO,
+                "closed %d connection(s) so far that sent no complete request head within %g s "
+                "(HUB_HEADER_TIMEOUT)",
+                self.timed_out,
+                self.header_timeout,
+            )
+        done = []
+        for proto, until in self.lingering.items():
+            if until > now:
+                break
+            done.append(proto)
+        for proto in done:
+            self.forget(proto)
+            proto.transport.abort()
+        self.arm()
+
+    def _crowded(self, newcomer: HubHttpProtocol) -> None:
+        if self.open <= self.ceiling:
+            self._log_once(
+                "near",
+                logging.WARNING,
+                "%d open connections, near the %d the open-file limit (%s) allows with a reserve of %d; "
+                "raise it (ulimit -n, LimitNOFILE=)",
+                self.open,
+                self.ceiling,
+                self.nofile,
+                self.fd_reserve,
+            )
+            return
+        victim = next(iter(self.waiting), newcomer)
+        if victim is newcomer:
+            victim = next(iter(self.idle), newcomer)
+        if victim is newcomer:
+            self.refused += 1
+        else:
+            self.evicted += 1
+        self.forget(victim)
+        victim.transport.close()
+        self._log_once(
+            "full",
+            logging.WARNING,
+            "open-file limit reached: %d open connections, the %d the limit (%s) allows with a reserve "
+            "of %d; so far closed %d connection(s) that had sent no request and refused %d new one(s)",
+            self.open + 1,
+            self.ceiling,
+            self.nofile,
+            self.fd_reserve,
+            self.evicted,
+            self.refused,
+        )
+
+    def note_too_large(self) -> None:
+        self.too_large += 1
+        self._log_once(
+            "large",
+            logging.INFO,
+            "refused %d request(s) so far whose head exceeded %d bytes (HUB_MAX_HEADER_BYTES)",
+            self.too_large,
+            self.max_head_bytes,
+        )
+
+    def _log_once(self, key: str, level: int, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._logged.get(key, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
+            self._logged[key] = now
+            log.log(level, message, *args)
+
+
+class HubHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the connection guards; see the module docstring."""
+
+    # Slots: uvicorn's protocol already has 28 attributes, and past 30 an instance's
+    # dict stops sharing its keys and costs some 1.3 KB more per connection.
+    __slots__ = ("discard", "earlier", "head_bytes", "phase")
+
+    guard: ClassVar[ConnectionGuard]
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.phase = _IDLE
+        # Bytes of the current request head seen in earlier reads (a lower bound).
+        self.head_bytes = 0
+        # None while requests are parsed; once parsing stopped, bytes left to drop.
+        self.discard: int | None = None
+        # Cycles a pipelined request displaced from ``self.cycle`` before they completed.
+        self.earlier: list[RequestResponseCycle] | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.guard.admit(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.forget(self)
+        # Every request of this connection not yet answered learns that its client left,
+        # not only the latest one.
+        for cycle in [*(self.earlier or ()), *(cycle for cycle, _ in self.pipeline)]:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.discard is not None:
+            self.discard -= len(data)
+            if self.discard < 0:
+                self.guard.forget(self)
+                self.transport.abort()
+            return
+        self._unset_keepalive_if_required()
+        phase = self.phase
+        known = 0
+        if phase != _BODY:
+            # These bytes begin or continue a request head: refuse it before the
+            # parser buffers it, when it cannot end within the limit.
+            known = self.head_bytes if phase == _HEAD else 0
+            room = self.guard.max_head_bytes - known
+            if (
+                len(data) > room
+                and data.find(b"\r\n\r\n", 0, room) < 0
+                and not (known and b"\n" in data[:3])  # a terminator split across reads
+            ):
+                self._too_large(data, room, known)
+                return
+        self.head_bytes = -1  # on_headers_complete sets 0
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            if self.discard is not None:
+                return  # a stream's head: see on_headers_complete
+            message = "Invalid HTTP request received."
+            self.logger.warning(message)
+            self.send_400_response(message)
+            return
+        if self.phase == _HEAD:
+            # A head still incomplete: all of this read is its if it was already under way
+            # and none completed meanwhile; otherwise where it began is unknown, and it is
+            # counted from the next read (so the parser holds at most one read more).
+            self.head_bytes = known + len(data) if self.head_bytes < 0 and phase != _BODY else 0
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.phase = _HEAD
+        guard = self.guard
+        if self not in guard.waiting:
+            guard.waiting[self] = time.monotonic()
+            guard.arm()
+        guard.idle.pop(self, None)
+
+    def on_headers_complete(self) -> None:
+        self.phase = _BODY
+        self.head_bytes = 0
+        self.guard.waiting.pop(self, None)
+        earlier = self.cycle
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is earlier:
+            return  # an upgrade: uvicorn hands the connection over
+        if earlier is not None and not earlier.response_complete:
+            self.earlier = [c for c in (self.earlier or ()) if not c.response_complete]
+            self.earlier.append(earlier)
+        scope = self.scope
+        if scope["method"] == "GET" and stream_channels_of(scope["path"]) is not None:
+            # A stream: nothing after it on this connection is a request, and the
+            # connection ends with its response (see on_response_complete).
+            self.discard = self.guard.max_head_bytes
+            raise _StreamStarted
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.phase = _IDLE
+
+    def on_response_complete(self) -> None:
+        if self.discard is not None and not self.pipeline:
+            # The stream's own response completed (refused, or failed before it began):
+            # close, as nothing after it was read. No "Connection: close" in the
+            # head: a stream's 200 must not carry one (HTTP/2 proxies, browsers).
+            self.transport.close()
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:
+            self.guard.idle[self] = None
+
+    def handle_websocket_upgrade(self) -> None:
+        self.guard.forget(self)  # another protocol takes the connection
+        super().handle_websocket_upgrade()
+
+    # The guards' actions
+
+    def head_timed_out(self) -> None:
+        self.guard.waiting.pop(self, None)
+        if self.phase == _HEAD:
+            self._answer(408, "the request head did not arrive in time", linger=False)
+        else:
+            self.guard.forget(self)
+            self.transport.close()
+
+    def _too_large(self, data: bytes, room: int, known: int) -> None:
+        # Still in the request line (the URL) or past it (the headers)?
+        in_line = data.find(b"\n", 0, room) < 0 and (not known or len(self.url) + 16 >= known)
+        limit = self.guard.max_head_bytes
+        self.guard.note_too_large()
+        if in_line:
+            self._answer(414, f"the request line exceeds {limit} bytes", linger=True)
+        else:
+            self._answer(431, f"the request head exceeds {limit} bytes", linger=True)
+
+    def _answer(self, status: int, detail: str, linger: bool) -> None:
+        """A JSON error, then the connection ends (unless a response is under way: just close)."""
+        transport = self.transport
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.guard.forget(self)
+            transport.close()
+            return
+        body = error_body(error_name(status), detail)
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head.extend([name, b": ", value, b"\r\n"])
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+        head.append(b"connection: close\r\n\r\n")
+        transport.write(b"".join(head) + body)
+        if linger and transport.can_write_eof():
+            # Half-close and keep reading (and dropping) for a while, so the client,
+            # perhaps still sending, reads this answer rather than a reset.
+            transport.write_eof()
+            self.discard = LINGER_BYTES
+            self.guard.linger(self)
+            return
+        self.guard.forget(self)
+        transport.close()
+
+
+def protocol_class(max_head_bytes: int, header_timeout: float, fd_reserve: int) -> type[HubHttpProtocol]:
+    """A protocol class for one server, with its own :class:`ConnectionGuard`."""
+
+    class ServerProtocol(HubHttpProtocol):
+        __slots__ = ()
+        guard = ConnectionGuard(max_head_bytes, header_timeout, fd_reserve)
+
+    return ServerProtocol
