@@ -8,6 +8,7 @@ message; nothing here knows about HTTP frameworks.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,13 @@ MAX_RETRY_MS = 86_400_000
 MAX_BATCH = 1000
 MAX_LAST_EVENT_ID = 2048
 EARLIEST = "earliest"
+# How deep the data of a JSON event may nest arrays and objects (a scalar is 0,
+# ``[]`` is 1). orjson cannot write more than 254 levels back out, and common
+# subscriber parsers stop early (Ruby's JSON at 100, serde_json at 128), so the
+# limit sits well below all of them, multi-channel envelope included.
+MAX_JSON_DEPTH = 64
+# Channel names no browser or URL client can address: they drop these path segments.
+_DOT_SEGMENTS = frozenset({".", ".."})
 _FIELDS = frozenset({"data", "event", "retry"})
 
 
@@ -58,6 +66,12 @@ def check_channel(name: str) -> str:
             400,
             "bad_channel",
             f"channel names are 1-128 characters of A-Z a-z 0-9 _ . : -, got {name[:200]!r}",
+        )
+    if name in _DOT_SEGMENTS:
+        raise InputError(
+            400,
+            "bad_channel",
+            f"{name!r} is not a channel name: browsers and URL clients remove it from paths",
         )
     return name
 
@@ -96,6 +110,8 @@ def _check_size(size: int, limits: Limits, where: str) -> None:
 
 
 def _payload_from_object(obj: Any, limits: Limits, where: str) -> Payload:
+    """One event object of a JSON body -> its payload. When orjson may have
+    rounded an integer of its data (see :func:`_rounded`), its size is checked later."""
     if not isinstance(obj, dict):
         raise bad(f'{where}: expected an object like {{"data": ...}}')
     unknown = obj.keys() - _FIELDS
@@ -106,8 +122,9 @@ def _payload_from_object(obj: Any, limits: Limits, where: str) -> Payload:
         )
     if "data" not in obj:
         raise bad(f"{where}: missing field 'data'")
-    data = orjson.dumps(obj["data"]).decode()
-    _check_size(len(data), limits, where)
+    data = _compact(obj["data"], where)
+    if not _rounded(data):
+        _check_size(len(data), limits, where)
     return Payload(
         "json",
         data,
@@ -116,17 +133,98 @@ def _payload_from_object(obj: Any, limits: Limits, where: str) -> Payload:
     )
 
 
+def _rounded(data: str) -> bool:
+    """Whether orjson may have rounded an integer of ``data``: it reads integers
+    beyond -2**63..2**64-1 as floats, and writes every float from 1e16 up with
+    an exponent ("1.2345678901234568e+29"). Big floats and strings with "e+"
+    in them answer True too; their data is parsed again, to no harm."""
+    return "e+" in data
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` arrays/objects (level by level: no recursion)."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+    return False
+
+
+def _too_deep(where: str) -> InputError:
+    return bad(f"{where}: data nests arrays/objects more than {MAX_JSON_DEPTH} levels deep")
+
+
+def _compact(value: Any, where: str) -> str:
+    """A data value as compact JSON on one line; refused when it nests too deep."""
+    try:
+        text = orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:  # orjson writes at most 254 levels
+        if _deeper_than(value, MAX_JSON_DEPTH):
+            raise _too_deep(where) from None
+        raise bad(f"{where}: data cannot be encoded as JSON: {exc}") from None
+    # Each level takes two brackets, and the depth is at most the number of
+    # opening ones: most data needs no walk.
+    if (
+        len(text) > 2 * MAX_JSON_DEPTH
+        and text.count(b"[") + text.count(b"{") > MAX_JSON_DEPTH
+        and _deeper_than(value, MAX_JSON_DEPTH)
+    ):
+        raise _too_deep(where)
+    return text.decode()
+
+
+def _with_exact_integers(body: bytes, payloads: list[Payload], limits: Limits, batch: bool) -> list[Payload]:
+    """``payloads`` with their data parsed again by the stdlib, whose integers
+    have no size limit: each integer keeps its exact value.
+
+    Only called once orjson accepted the same body and every event in it passed
+    validation: the nesting is shallow, and no NaN or infinity is left, nor any
+    number beyond a double's range (orjson refuses those, integers included,
+    so no integer here has more than 309 digits).
+    """
+    try:
+        value = json.loads(body.decode())
+    except ValueError as exc:
+        raise bad(f"body is not valid JSON: {exc}") from None
+    out = []
+    for i, (item, payload) in enumerate(zip(value if batch else [value], payloads, strict=True)):
+        data = json.dumps(item["data"], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        _check_size(len(data), limits, f"[{i}]" if batch else "body")
+        out.append(Payload("json", data, payload.event, payload.retry))
+    return out
+
+
 def parse_json_body(body: bytes, limits: Limits) -> tuple[list[Payload], bool]:
-    """A JSON publish body -> payloads, and whether it was a batch."""
+    """A JSON publish body -> payloads, and whether it was a batch.
+
+    The data is republished as compact JSON with the same meaning: integers
+    exact whatever their size, other numbers as the IEEE doubles every JSON
+    parser reads them as; of duplicate keys the last wins (as in ``JSON.parse``).
+    Refused: data nested more than :data:`MAX_JSON_DEPTH` levels, and numbers
+    beyond a double's range (``1e400``, NaN and Infinity are not JSON anyway).
+    """
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise bad(f"body is not valid JSON: {exc}") from None
-    if isinstance(value, list):
+    batch = isinstance(value, list)
+    if batch:
         if not 1 <= len(value) <= MAX_BATCH:
             raise bad(f"a batch holds 1 to {MAX_BATCH} events, got {len(value)}")
-        return [_payload_from_object(item, limits, f"[{i}]") for i, item in enumerate(value)], True
-    return [_payload_from_object(value, limits, "body")], False
+        payloads = [_payload_from_object(item, limits, f"[{i}]") for i, item in enumerate(value)]
+    else:
+        payloads = [_payload_from_object(value, limits, "body")]
+    if any(_rounded(p.data) for p in payloads):
+        payloads = _with_exact_integers(body, payloads, limits, batch)
+    return payloads, batch
 
 
 def parse_text_body(body: bytes, query: Mapping[str, str], limits: Limits) -> Payload:
@@ -212,3 +310,43 @@ def resumes_for(last_event_id: str, channels: int, multi: bool) -> list[Resume |
     if positions is None:
         return [Resume(None, requested=None, malformed=True) for _ in range(channels)]
     return [Resume(p, requested=format_id(p)) for p in positions]
+
+
+def check_payload(
+    kind: Any, data: Any, event: Any, retry: Any, limits: Limits, where: str = "event"
+) -> Payload:
+    """An event that did not come as an HTTP body (read from Redis, or given to a
+    producer), checked by the rules a publish is checked by.
+
+    ``data`` is the event's data as the hub keeps it, ``str`` or UTF-8 ``bytes``:
+    JSON text for kind ``json`` (returned compact, as a publish stores it), the
+    text itself for kind ``text``. Raises :class:`InputError`.
+    """
+    if kind not in ("json", "text"):
+        raise bad(f"{where}: kind is json or text")
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad(f"{where}: data is not valid UTF-8") from None
+    if not isinstance(data, str):
+        raise bad(f"{where}: data is a string")
+    event = check_event_type(event, f"{where}.event")
+    retry = check_retry(retry, f"{where}.retry")
+    if kind == "json":
+        try:
+            raw = data.encode()
+            orjson.loads(raw)  # one JSON value and nothing more, before it is wrapped below
+        except (UnicodeEncodeError, orjson.JSONDecodeError):
+            raise bad(f"{where}: data is not valid JSON") from None
+        # As the data of a JSON body: the same depth, number and size rules, the same compact form.
+        (payload,), _ = parse_json_body(b'{"data":' + raw + b"}", limits)
+        return Payload("json", payload.data, event, retry)
+    if not data:
+        raise bad(f"{where}: empty text: a browser never fires an event with empty data")
+    try:
+        size = len(data.encode())
+    except UnicodeEncodeError:  # a lone surrogate
+        raise bad(f"{where}: data is not valid UTF-8") from None
+    _check_size(size, limits, where)
+    return Payload("text", data, event, retry)

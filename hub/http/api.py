@@ -6,6 +6,7 @@ publishes (:mod:`hub.http.publish`) are raw ASGI in front of FastAPI.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -13,9 +14,11 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from hub.brokers.base import BrokerUnavailable
-from hub.http.errors import json_error
+from hub.http.errors import HeadResponse, json_error
 from hub.http.metrics import make_registry, render
 from hub.http.raw import StreamState
+
+Endpoint = Callable[[], Awaitable[Response]]
 
 
 def as_json(value: Any, status: int = 200) -> Response:
@@ -25,12 +28,35 @@ def as_json(value: Any, status: int = 200) -> Response:
 def make_router(state: StreamState) -> APIRouter:
     router = APIRouter()
 
+    def get(path: str) -> Callable[[Endpoint], Endpoint]:
+        """A ``GET`` route that answers ``HEAD`` too (load balancers probe with
+        it): the same status and headers, no body. The ``HEAD`` twin stays out
+        of the OpenAPI schema, where it would repeat the ``GET`` operation."""
+
+        def register(endpoint: Endpoint) -> Endpoint:
+            router.add_api_route(path, endpoint, methods=["GET"], response_model=None)
+
+            async def head() -> Response:
+                return HeadResponse(await endpoint())
+
+            router.add_api_route(
+                path,
+                head,
+                methods=["HEAD"],
+                response_model=None,
+                include_in_schema=False,
+                name=f"{endpoint.__name__}_head",
+            )
+            return endpoint
+
+        return register
+
     def hub_of() -> Any:
         if state.hub is None:
             raise BrokerUnavailable("the hub is not running")
         return state.hub
 
-    @router.get("/channels", response_model=None)
+    @get("/channels")
     async def channels() -> Response:
         """Channels with subscribers or history on this node."""
         hub = hub_of()
@@ -51,17 +77,17 @@ def make_router(state: StreamState) -> APIRouter:
 
     registry = make_registry(lambda: state.hub)
 
-    @router.get("/metrics", response_model=None)
+    @get("/metrics")
     async def metrics() -> Response:
         """Prometheus metrics of this process."""
         return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @router.get("/healthz", response_model=None)
+    @get("/healthz")
     async def healthz() -> Response:
         """200 while the process is alive."""
         return as_json({"status": "ok"})
 
-    @router.get("/readyz", response_model=None)
+    @get("/readyz")
     async def readyz() -> Response:
         """200 only while the broker is usable and the node is not draining."""
         hub = state.hub

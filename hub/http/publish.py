@@ -28,11 +28,14 @@ _SUFFIX = "/events"
 
 
 def publish_channel_of(path: str) -> str | None:
-    """The channel of a publish path, else None (the path is FastAPI's)."""
-    if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
-        name = path[len(_PREFIX) : -len(_SUFFIX)]
-        if name and "/" not in name:
-            return name
+    """The channel of a publish path, else None (the path is FastAPI's).
+
+    Whatever sits between the prefix and the suffix is the channel, even when it
+    is empty or holds a ``/``: the endpoint refuses it as ``bad_channel`` (400),
+    which says more than FastAPI's 404.
+    """
+    if path.startswith(_PREFIX) and path.endswith(_SUFFIX) and len(path) >= len(_PREFIX) + len(_SUFFIX):
+        return path[len(_PREFIX) : -len(_SUFFIX)]
     return None
 
 

@@ -12,6 +12,7 @@ at once -> attach to the hub: subscribe, write the first bytes (``retry:`` and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from urllib.parse import parse_qsl
@@ -37,12 +38,11 @@ def stream_channels_of(path: str) -> tuple[str | None, bool] | None:
     """``(channel, False)`` for a channel stream, ``(None, True)`` for ``/stream``, else None."""
     if path == "/stream":
         return None, True
-    if path.startswith(_PREFIX) and path.endswith(_SUFFIX):
-        name = path[len(_PREFIX) : -len(_SUFFIX)]
-        if name and "/" not in name:
-            # ASGI's path is already percent-decoded: decoding again would let
-            # "%2541" through as "A".
-            return name, False
+    if path.startswith(_PREFIX) and path.endswith(_SUFFIX) and len(path) >= len(_PREFIX) + len(_SUFFIX):
+        # Whatever sits between is the channel, "a/b" and "" included: check_channel
+        # refuses those with a 400 bad_channel rather than a 404. ASGI's path is
+        # already percent-decoded: decoding again would let "%2541" through as "A".
+        return path[len(_PREFIX) : -len(_SUFFIX)], False
     return None
 
 
@@ -57,27 +57,33 @@ class StreamEndpoint(RawEndpoint):
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, single: str | None, multi: bool
     ) -> None:
-        opened = await self._open(scope, send, single, multi)
+        opened = await self._open(scope, receive, send, single, multi)
         if opened is None:
             return
         # Only what the open stream needs stays referenced from here on: the
         # request's headers and query die with ``_open``'s frame (memory per
         # stream is what decides how many streams a process holds).
-        hub, sub = opened
+        hub, sub, writer = opened
         try:
-            if isinstance(sub.sink, AsgiSink):
-                await sub.sink.run(receive)
+            if writer is not None:
+                await writer
             else:
                 # The fast sink writes by itself; this task only waits for the client to go.
                 while (await receive())["type"] != "http.disconnect":
                     pass
         finally:
             hub.detach(sub)
+            if writer is not None:
+                writer.cancel()
 
     async def _open(
-        self, scope: Scope, send: Send, single: str | None, multi: bool
-    ) -> tuple[Hub, Subscriber] | None:
-        """Validate, refuse or start the response, attach; None when the stream is already over."""
+        self, scope: Scope, receive: Receive, send: Send, single: str | None, multi: bool
+    ) -> tuple[Hub, Subscriber, asyncio.Future[None] | None] | None:
+        """Validate, refuse or start the response, attach; None when the stream is already over.
+
+        With the portable sink, its writer runs from before the attach: a replay
+        waits for the writer to drain what it wrote.
+        """
         if scope["method"] not in ("GET", "HEAD"):
             await send_json_error(
                 send, 405, "method_not_allowed", "streams are read with GET", [(b"allow", b"GET")]
@@ -112,6 +118,7 @@ class StreamEndpoint(RawEndpoint):
 
         fast = TransportSink.from_send(send, scope)
         sink = fast if fast is not None else AsgiSink(send)
+        writer = asyncio.ensure_future(sink.run(receive)) if isinstance(sink, AsgiSink) else None
         sub = Subscriber(channels, sink, multi=multi)
         try:
             await hub.attach(sub, resumes, greeting=self.hello)
@@ -120,8 +127,10 @@ class StreamEndpoint(RawEndpoint):
             sink.close(self.come_back())
         except BaseException:
             hub.detach(sub)
+            if writer is not None:
+                writer.cancel()
             raise
-        return hub, sub
+        return hub, sub, writer
 
     def _headers(self, request: dict[str, str]) -> list[tuple[bytes, bytes]]:
         out = [

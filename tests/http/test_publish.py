@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.support.client import client, open_stream
 from tests.support.procs import HubProcess, running_hub, wait_until
 
 pytestmark = pytest.mark.integration
@@ -93,4 +94,28 @@ def test_client_leaving_mid_body_publishes_nothing_and_the_hub_serves_on(strict_
     )
     names = [c["channel"] for c in httpx.get(strict_hub.url + "/channels").json()["channels"]]
     assert "halfway" not in names
+    assert "Traceback" not in strict_hub.log()
+
+
+@pytest.mark.anyio
+async def test_integers_beyond_64_bits_reach_subscribers_exactly(strict_hub: HubProcess) -> None:
+    # orjson alone turned 123456789012345678901234567890 into 1.2345678901234568e+29
+    data = b'{"n":123456789012345678901234567890,"m":-18446744073709551617,"id":9007199254740993,"f":0.1}'
+    url = strict_hub.url + "/channels/bigint"
+    async with client() as http, open_stream(http, url + "/stream") as stream:
+        single = await http.post(url + "/events", headers=JSON, content=b'{"data": ' + data + b"}")
+        batch = await http.post(
+            url + "/events", headers=JSON, content=b'[{"data": 1}, {"data": ' + data + b"}]"
+        )
+        assert (single.status_code, batch.status_code) == (202, 202), (single.text, batch.text)
+        events = await stream.wait_for(3)
+    assert [e.data for e in events] == [data.decode(), "1", data.decode()]
+
+
+def test_json_too_deep_to_republish_is_a_400_without_a_traceback(strict_hub: HubProcess) -> None:
+    body = b'{"data": ' + b"[" * 300 + b"]" * 300 + b"}"
+    r = httpx.post(strict_hub.url + "/channels/deep/events", headers=JSON, content=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "bad_request"
+    assert "64 levels" in r.json()["detail"]
     assert "Traceback" not in strict_hub.log()

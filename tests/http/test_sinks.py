@@ -66,3 +66,18 @@ async def test_drain_ends_streams_with_a_jittered_retry(impl: str) -> None:
         refused = await http.get(f"{base}/channels/c/stream")
         assert refused.status_code == 503
         assert refused.json()["error"] == "unavailable"
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+async def test_a_long_replay_is_paced_through_either_sink_and_then_goes_live(impl: str) -> None:
+    # The replay waits for the sink to drain each slice: with the portable sink, its
+    # writer must already be running while the stream attaches.
+    async with serving(impl, stall_seconds=5) as (app, base), client() as http:
+        pad = "x" * 20_000
+        ids = [await publish(http, base, "c", {"i": i, "pad": pad}) for i in range(40)]  # 800 KB
+        async with open_stream(http, f"{base}/channels/c/stream", {"Last-Event-ID": "earliest"}) as s:
+            assert [e.id for e in await s.wait_for(40, timeout=4)] == ids
+            ids.append(await publish(http, base, "c", "live"))
+            assert [e.id for e in await s.wait_for(41, timeout=4)] == ids
+        assert app.hub is not None
+        assert app.hub.stats.slow_cut == 0
