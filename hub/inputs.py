@@ -100,6 +100,11 @@ def check_retry(value: Any, where: str = "retry") -> int | None:
     return value
 
 
+def _utf8_size(text: str) -> int:
+    """Bytes on the wire: characters, unless some are not ASCII (checked in C, no copy)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def _check_size(size: int, limits: Limits, where: str) -> None:
     if size > limits.max_event_bytes:
         raise InputError(
@@ -124,7 +129,7 @@ def _payload_from_object(obj: Any, limits: Limits, where: str) -> Payload:
         raise bad(f"{where}: missing field 'data'")
     data = _compact(obj["data"], where)
     if not _rounded(data):
-        _check_size(len(data), limits, where)
+        _check_size(_utf8_size(data), limits, where)
     return Payload(
         "json",
         data,
@@ -197,7 +202,7 @@ def _with_exact_integers(body: bytes, payloads: list[Payload], limits: Limits, b
     out = []
     for i, (item, payload) in enumerate(zip(value if batch else [value], payloads, strict=True)):
         data = json.dumps(item["data"], ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        _check_size(len(data), limits, f"[{i}]" if batch else "body")
+        _check_size(_utf8_size(data), limits, f"[{i}]" if batch else "body")
         out.append(Payload("json", data, payload.event, payload.retry))
     return out
 

@@ -98,6 +98,10 @@ def test_any_text_survives_publish_encode_parse(text: str) -> None:
     [
         ("application/json", b'{"data": "' + b"x" * 999 + b'"}', 413),  # 1001 bytes with quotes
         ("application/json", b'{"data": "' + b"x" * 998 + b'"}', None),  # exactly 1000
+        # sized in UTF-8 bytes on the wire, not characters: 2 x 500 + 2 quotes
+        ("application/json", '{"data": "{}"}'.replace("{}", "\u00e9" * 500).encode(), 413),
+        ("application/json", '{"data": "{}"}'.replace("{}", "\u00e9" * 499).encode(), None),
+        ("application/json", b'[{"data": 1}, {"data": "' + "\u00e9".encode() * 500 + b'"}]', 413),
         ("text/plain", b"y" * 1001, 413),
         ("text/plain", b"y" * 1000, None),
         ("text/plain; charset=latin-1", b"y", 415),
