@@ -12,7 +12,10 @@ been POSTed::
     event_id = hub.publish("orders", {"id": 42, "status": "paid"}, event="order")
 
 :class:`AsyncPublisher` does the same with ``redis.asyncio``. Use the hub's
-``HUB_REDIS_PREFIX`` and ``HUB_HISTORY_SIZE`` as ``prefix`` and ``history_size``.
+``HUB_REDIS_PREFIX`` and ``HUB_HISTORY_SIZE`` as ``prefix`` and ``history_size``,
+and its ``HUB_MAX_EVENT_BYTES`` and ``HUB_MAX_BODY_BYTES`` as ``limits``: events
+are checked as the HTTP API checks a publish (hub nodes skip stream entries
+that it would refuse), and the script refuses larger data too.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import orjson
 import redis
 import redis.asyncio
 
-from hub.brokers.redis_codec import SCRIPT, script_args, stream_key
+from hub.brokers.redis_codec import DEFAULT_LIMITS, SCRIPT, check_prefix, script_args, stream_key
 from hub.core.event import Payload
-from hub.inputs import check_channel, check_event_type, check_retry
+from hub.inputs import MAX_BATCH, InputError, Limits, check_channel, check_payload
 
 log = logging.getLogger(__name__)
 
@@ -43,30 +46,39 @@ class Message:
     text: bool = False
 
 
-def to_payload(message: Message) -> Payload:
+def to_payload(message: Message, limits: Limits = DEFAULT_LIMITS) -> Payload:
     """Checked as the HTTP API checks: :class:`hub.inputs.InputError` or ValueError when invalid."""
-    event = check_event_type(message.event)
-    retry = check_retry(message.retry)
     if message.text:
         if not isinstance(message.data, str) or not message.data:
             raise ValueError("a text event's data is a non-empty str")
-        return Payload("text", message.data, event, retry)
-    return Payload("json", orjson.dumps(message.data).decode(), event, retry)
+        return check_payload("text", message.data, message.event, message.retry, limits)
+    return check_payload("json", orjson.dumps(message.data), message.event, message.retry, limits)
 
 
 class _Base:
-    def __init__(self, prefix: str, history_size: int) -> None:
+    def __init__(self, prefix: str, history_size: int, limits: Limits | None) -> None:
         if history_size < 1:
             raise ValueError("history_size must be at least 1")
-        self.prefix = prefix
+        self.prefix = check_prefix(prefix)
         self.history_size = history_size
+        self.limits = limits or DEFAULT_LIMITS
 
     def _call(self, channel: str, messages: Sequence[Message]) -> tuple[list[str], list[str | int]]:
         check_channel(channel)
         if not messages:
             raise ValueError("nothing to publish")
-        payloads = [to_payload(m) for m in messages]
-        return [stream_key(self.prefix, channel)], script_args(self.history_size, payloads)
+        if len(messages) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} events per call, as in an HTTP batch")
+        payloads = [to_payload(m, self.limits) for m in messages]
+        size = sum(p.wire_size for p in payloads)
+        if size > self.limits.max_body_bytes:
+            raise InputError(
+                413,
+                "body_too_large",
+                f"the events hold {size} bytes of data, over the body limit of {self.limits.max_body_bytes}",
+            )
+        args = script_args(self.history_size, payloads, self.limits.max_event_bytes)
+        return [stream_key(self.prefix, channel)], args
 
 
 def _ids(reply: Any) -> list[str]:
@@ -76,8 +88,15 @@ def _ids(reply: Any) -> list[str]:
 class Publisher(_Base):
     """Publishes with a synchronous ``redis.Redis`` client."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "hub", history_size: int = 1000) -> None:
-        super().__init__(prefix, history_size)
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "hub",
+        history_size: int = 1000,
+        limits: Limits | None = None,
+    ) -> None:
+        super().__init__(prefix, history_size, limits)
         self._script = client.register_script(SCRIPT)
 
     def publish(
@@ -101,8 +120,15 @@ class Publisher(_Base):
 class AsyncPublisher(_Base):
     """Publishes with a ``redis.asyncio.Redis`` client."""
 
-    def __init__(self, client: redis.asyncio.Redis, *, prefix: str = "hub", history_size: int = 1000) -> None:
-        super().__init__(prefix, history_size)
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str = "hub",
+        history_size: int = 1000,
+        limits: Limits | None = None,
+    ) -> None:
+        super().__init__(prefix, history_size, limits)
         self._script = client.register_script(SCRIPT)
 
     async def publish(

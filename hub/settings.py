@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     redis_url: str | None = Field(None, description="unset: the embedded in-memory broker")
+    # No ":": it separates the prefix from the channel in every key (see _redis_prefix).
     redis_prefix: str = Field("hub", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     redis_pool_size: int = Field(32, ge=1, le=10_000, description="command connections per process")
     redis_timeout: float = Field(5.0, gt=0, le=300, description="seconds to wait for a connection or reply")
@@ -56,6 +57,17 @@ class Settings(BaseSettings):
         assert value is not None
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _redis_prefix(cls, value: str) -> str:
+        if ":" in value:
+            raise ValueError(
+                "must not contain ':', the separator between prefix and channel in Redis keys"
+                " (two hubs under 'hub' and 'hub:t2' would share keys: channel 't2:orders' of"
+                " one is channel 'orders' of the other); use e.g. 'hub_t2'"
+            )
         return value
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hub.brokers.base import Broker, BrokerUnavailable, ChannelStats
 from hub.brokers.memory import MemoryBroker
+from hub.inputs import Limits
 from hub.settings import Settings
 
 
@@ -18,6 +19,8 @@ def broker_for(settings: Settings) -> Broker:
         history_size=settings.history_size,
         pool_size=settings.redis_pool_size,
         command_timeout=settings.redis_timeout,
+        # What comes from Redis is checked exactly as an HTTP publish is.
+        limits=Limits(settings.max_event_bytes, settings.max_body_bytes, settings.max_channels_per_stream),
     )
 
 

@@ -48,7 +48,12 @@ class Broker(ABC):
 
     @abstractmethod
     async def publish(self, channel: str, payloads: Sequence[Payload]) -> list[str]:
-        """Number and store ``payloads`` in order, atomically; return their ids."""
+        """Number and store ``payloads`` in order, atomically; return their ids.
+
+        Raises :class:`BrokerUnavailable` when it cannot now, and
+        :class:`hub.inputs.InputError` for events its store refuses (a producer
+        bypassing the HTTP checks is held to the same rules).
+        """
 
     @abstractmethod
     async def subscribe(self, channel: str) -> None:

@@ -6,7 +6,9 @@ can never fall between history and live.
 
 History is lost when the process stops. A cursor from before this process
 started may have missed events that no longer exist anywhere, so it gets a
-``hub.gap``; the channel's first event of this process is the oldest.
+``hub.gap``; the channel's first event of this process is the oldest. So does
+a cursor past the channel's newest id (one it never handed out), as with
+the Redis broker.
 """
 
 from __future__ import annotations
@@ -73,10 +75,12 @@ class MemoryBroker(Broker):
     async def history(self, channel: str, after: Key | None) -> History:
         entry = self._logs.get(channel)
         if entry is None:
-            gap = after is not None and ZERO < after < self.boot
-            return History([], gap=gap, oldest=None, last=ZERO)
+            # Any id of this channel was handed out by an earlier process (or never).
+            return History([], gap=after is not None and after > ZERO, oldest=None, last=ZERO)
         history = entry.ring.since(after)
-        if after is not None and ZERO < after < self.boot:
+        if after is not None and (ZERO < after < self.boot or after > entry.clock.last):
+            # From before this process, or an id this channel never handed out: what
+            # the client saw is unknown, so it is told, and gets all that is kept.
             history.gap = True
             history.events = entry.ring.after((-1, -1))
         return history

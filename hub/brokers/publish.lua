@@ -4,20 +4,72 @@
 -- Every hub node and every producer that wants replayable ids calls this
 -- script, so that the id a client sees live is the id it can resume from.
 --
---   EVALSHA <sha1 of this file> 1 <prefix>:<channel>:log <maxlen> \
+--   EVALSHA <sha1 of this file> 1 <prefix>:<channel>:log <maxlen> [<max event bytes>] \
 --       <kind> <data> <event> <retry>  [<kind> <data> <event> <retry> ...]
 --
 -- KEYS[1]  the channel's stream, "<prefix>:<channel>:log"; the pub/sub
 --          channel is the same name without ":log".
 -- ARGV[1]  approximate MAXLEN of the stream (HUB_HISTORY_SIZE).
--- then four values per event:
+-- ARGV[2]  optional (told apart by the number of values): the largest data
+--          of an event in bytes (HUB_MAX_EVENT_BYTES).
+-- then four values per event, at most 1000 events:
 --   kind   "json" (data is JSON text) or "text" (data is plain text)
---   data   the event's data
+--   data   the event's data: UTF-8; JSON text, or non-empty text
 --   event  the SSE event type, or "" for none
---   retry  the SSE retry in milliseconds, or "" for none
+--   retry  the SSE retry in milliseconds (0 to 86400000), or "" for none
 --
 -- Returns the new stream ids, in order. Everything is checked before the
 -- first XADD: a script that fails half way would leave half a batch.
+-- What it refuses, the HTTP API refuses too: every hub node reads these
+-- entries back and would have to skip them.
+
+local MAX_EVENTS = 1000
+local MAX_RETRY = 86400000
+
+-- Strict UTF-8 as Python decodes it: no overlong forms, no surrogates, nothing
+-- past U+10FFFF. ASCII runs are skipped by one string.find each.
+local function valid_utf8(s)
+  local i, n = 1, #s
+  while true do
+    i = string.find(s, "[\128-\255]", i)
+    if i == nil then
+      return true
+    end
+    local c = string.byte(s, i)
+    local need, lo, hi = 0, 128, 191
+    if c >= 194 and c <= 223 then
+      need = 1
+    elseif c == 224 then
+      need, lo = 2, 160
+    elseif (c >= 225 and c <= 236) or c == 238 or c == 239 then
+      need = 2
+    elseif c == 237 then
+      need, hi = 2, 159
+    elseif c == 240 then
+      need, lo = 3, 144
+    elseif c >= 241 and c <= 243 then
+      need = 3
+    elseif c == 244 then
+      need, hi = 3, 143
+    else
+      return false
+    end
+    if i + need > n then
+      return false
+    end
+    local b = string.byte(s, i + 1)
+    if b < lo or b > hi then
+      return false
+    end
+    for j = i + 2, i + need do
+      b = string.byte(s, j)
+      if b < 128 or b > 191 then
+        return false
+      end
+    end
+    i = i + need + 1
+  end
+end
 
 local stream = KEYS[1]
 if #KEYS ~= 1 or #stream < 5 or string.sub(stream, -4) ~= ":log" then
@@ -27,31 +79,55 @@ local maxlen = tonumber(ARGV[1])
 if maxlen == nil or maxlen < 1 or maxlen ~= math.floor(maxlen) then
   return redis.error_reply("ERR ssehub: ARGV[1] must be the stream's MAXLEN, a positive integer")
 end
-local count = (#ARGV - 1) / 4
+local first = 2
+local max_bytes = nil
+if (#ARGV - 1) % 4 == 1 then
+  max_bytes = tonumber(ARGV[2])
+  if max_bytes == nil or max_bytes < 1 or max_bytes ~= math.floor(max_bytes) then
+    return redis.error_reply("ERR ssehub: ARGV[2] must be the largest event data, a positive integer")
+  end
+  first = 3
+end
+local count = (#ARGV - first + 1) / 4
 if count < 1 or count ~= math.floor(count) then
   return redis.error_reply("ERR ssehub: after MAXLEN, give kind, data, event, retry per event")
 end
+if count > MAX_EVENTS then
+  return redis.error_reply("ERR ssehub: at most " .. MAX_EVENTS .. " events per call")
+end
 
 for i = 0, count - 1 do
-  local at = 2 + i * 4
-  local kind, etype, retry = ARGV[at], ARGV[at + 2], ARGV[at + 3]
+  local at = first + i * 4
+  local kind, data, etype, retry = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   if kind ~= "json" and kind ~= "text" then
     return redis.error_reply("ERR ssehub: kind must be json or text")
   end
+  if not valid_utf8(data) then
+    return redis.error_reply("ERR ssehub: data must be valid UTF-8")
+  end
+  if max_bytes ~= nil and #data > max_bytes then
+    return redis.error_reply("ERR ssehub: data is over the limit of " .. max_bytes .. " bytes")
+  end
+  if kind == "text" and data == "" then
+    return redis.error_reply("ERR ssehub: a text event's data must not be empty")
+  end
+  if kind == "json" and not pcall(cjson.decode, data) then
+    return redis.error_reply("ERR ssehub: a json event's data must be valid JSON")
+  end
   -- An event type goes on its own line of the SSE frame: no line breaks.
-  if etype ~= "" and (#etype > 64 or not string.find(etype, "^[%w_%.:%-]+$")
+  if etype ~= "" and (#etype > 64 or not string.find(etype, "^[A-Za-z0-9_%.:%-]+$")
       or string.sub(etype, 1, 4) == "hub.") then
     return redis.error_reply("ERR ssehub: event is 1-64 of A-Z a-z 0-9 _ . : - and not hub.*")
   end
-  if retry ~= "" and (#retry > 8 or not string.find(retry, "^%d+$")) then
-    return redis.error_reply("ERR ssehub: retry is milliseconds, at most 8 digits")
+  if retry ~= "" and (#retry > 9 or not string.find(retry, "^%d+$") or tonumber(retry) > MAX_RETRY) then
+    return redis.error_reply("ERR ssehub: retry is milliseconds, 0 to " .. MAX_RETRY)
   end
 end
 
 local ids = {}
 local parts = {}
 for i = 0, count - 1 do
-  local at = 2 + i * 4
+  local at = first + i * 4
   local kind, data, etype, retry = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   if retry ~= "" then
     retry = string.format("%d", tonumber(retry)) -- "0042" would not be JSON

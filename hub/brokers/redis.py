@@ -1,42 +1,67 @@
 """The Redis broker: many hub processes and nodes behave as one hub.
 
 - Ids and history live in one Redis stream per channel; a publish is one
-  call of ``publish.lua``, which ``XADD``s and ``PUBLISH``es an envelope with
-  the new ids atomically, so live delivery and history agree everywhere.
+  call of ``publish.lua``, which ``XADD``s and ``PUBLISH``es an announcement
+  with the new ids atomically.
 - Each process holds one pub/sub connection (:mod:`hub.brokers.redis_listener`)
   for the channels with local subscribers, and a bounded pool of command
   connections: a burst of commands waits for one (up to ``command_timeout``)
   instead of failing. Concurrent publishes share round trips
   (:mod:`hub.brokers.redis_batch`).
-- Per subscribed channel, a :class:`ReplayRing` keeps what this process saw
-  live, so most resumes need no round trip; older cursors read the stream.
+- The stream is the only source of numbered events. An announcement is a
+  doorbell: the channel's stream is read after the last id this process
+  handled, and what the stream holds is delivered, in id order. One reader
+  task serves every channel: the channels announced while a read is in flight
+  share the next one, a single ``XREAD`` (:meth:`RedisBroker._read_many`).
+  Whoever can ``PUBLISH`` can therefore not make a node deliver an id, or
+  data, that the stream does not hold: an id announced but not in the stream
+  is counted as invalid, and a forged id far ahead can never move a channel's
+  position past the events that follow (the wedge of issue #8).
+- Everything read is checked as an HTTP publish is (:mod:`hub.brokers.redis_codec`):
+  invalid messages are dropped, invalid stream entries skipped, both counted
+  in :attr:`RedisBroker.invalid_messages` and logged at most once a minute.
+  Skipping an entry is a loss for the client: it is told with a ``hub.gap``.
+- Per subscribed channel, a :class:`ReplayRing` keeps what this process
+  delivered, so most resumes need no round trip; older cursors read the stream.
 - When the pub/sub connection comes back after a cut, every subscribed
   channel is re-subscribed and refilled from the stream after the last id
-  this process delivered; live messages are held meanwhile, so the hub gets
+  this process handled; raw messages are held meanwhile, so the hub gets
   every event once, in id order.
 
-Redis errors never leave this module raw: callers get :class:`BrokerUnavailable`.
+Redis errors never leave this module raw: callers get :class:`BrokerUnavailable`
+with a plain message (what to fix, never a script's SHA or Lua line), or, for
+events the publish script refuses, :class:`hub.inputs.InputError`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub.brokers.base import Broker, BrokerUnavailable, ChannelStats, Deliver
 from hub.brokers.redis_batch import ScriptBatcher
 from hub.brokers.redis_codec import (
+    DEFAULT_LIMITS,
     SCRIPT,
+    Invalid,
+    StreamRead,
+    addressable,
+    check_prefix,
     decode_message,
-    history_from,
     parse_key,
+    read_entries,
+    read_stream,
     script_args,
     stream_key,
     topic,
@@ -45,35 +70,78 @@ from hub.brokers.redis_listener import PubSubListener
 from hub.core.event import Event, Payload
 from hub.core.ids import ZERO, Key, format_id
 from hub.core.ring import History, ReplayRing
+from hub.core.throttle import Throttle
+from hub.inputs import InputError, Limits
 
 log = logging.getLogger(__name__)
+
+_REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError)
+# Streams read by one XREAD at most.
+_READ_BATCH = 512
+_U64 = 2**64 - 1
+# What a script error carries about the script itself: never shown to a client.
+_SCRIPT_DETAIL = re.compile(r"\s*script: [0-9a-f]{40}.*$", re.DOTALL)
+# Redis error codes whose cause a client's error body may name, with what to do.
+_REFUSALS = {
+    "OOM": "Redis is out of memory (maxmemory); an operator must free or add memory",
+    "READONLY": "Redis is a read-only replica; HUB_REDIS_URL must name the primary",
+    "NOAUTH": "Redis refused the hub's credentials; check HUB_REDIS_URL",
+    "WRONGPASS": "Redis refused the hub's credentials; check HUB_REDIS_URL",
+    "NOPERM": "Redis's ACL does not allow the hub's commands",
+    "BUSY": "Redis is busy running a script",
+    "LOADING": "Redis is loading its data",
+    "MISCONF": "Redis cannot persist its data and refuses writes",
+    "CLUSTERDOWN": "the Redis cluster is down",
+}
 
 
 class _Sub:
     """A channel this process is subscribed to."""
 
-    __slots__ = ("base", "held", "last", "name", "ring", "stream", "topic")
+    __slots__ = (
+        "base",
+        "busy",
+        "last",
+        "name",
+        "queued",
+        "refilling",
+        "ring",
+        "skipped",
+        "stream",
+        "topic",
+        "want",
+    )
 
     def __init__(self, name: str, prefix: str, capacity: int) -> None:
         self.name = name
         self.topic = topic(prefix, name).encode()
         self.stream = stream_key(prefix, name)
         self.ring = ReplayRing(capacity)
-        # The ring holds every event after ``base`` (the newest id when the
-        # subscription started); None until then.
+        # The ring holds every valid event after ``base`` (the newest id when
+        # the subscription started); None until then.
         self.base: Key | None = None
-        # The newest id delivered to the hub.
+        # The newest stream id handled: delivered to the hub, or skipped as invalid.
         self.last: Key = ZERO
-        # Live events kept aside while the channel is refilled after a cut.
-        self.held: list[Event] | None = None
+        # The newest invalid entry skipped: the ring cannot answer a cursor before it.
+        self.skipped: Key | None = None
+        # A read of the stream is due: the newest id announced since the last
+        # read started (ZERO when unknown, after an invalid announcement).
+        self.want: Key | None = None
+        # True while the reader's read of this stream is in flight.
+        self.busy = False
+        # True while the channel is refilled after a cut: the ring is incomplete.
+        self.refilling = False
+        # Raw (unnumbered) events heard while a read was due: delivered after it.
+        self.queued: list[Event] = []
 
+    @property
+    def position(self) -> Key:
+        return max(self.last, self.base or ZERO)
 
-@contextlib.contextmanager
-def _unavailable(what: str) -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, OSError, TimeoutError) as exc:
-        raise BrokerUnavailable(f"{what}: {exc}") from exc
+    @property
+    def reading(self) -> bool:
+        """A read is due or running: raw events wait for it, so as not to overtake it."""
+        return self.refilling or self.busy or self.want is not None
 
 
 class RedisBroker(Broker):
@@ -90,10 +158,15 @@ class RedisBroker(Broker):
         ping_seconds: float = 5.0,
         backoff_base: float = 0.1,
         backoff_cap: float = 5.0,
+        healthy_seconds: float = 30.0,
+        limits: Limits | None = None,
+        log_seconds: float = 60.0,
         connection_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        self.prefix = prefix
+        self.prefix = check_prefix(prefix)
         self.history_size = history_size
+        # What an event may be (HUB_MAX_EVENT_BYTES, HUB_MAX_BODY_BYTES): the same as over HTTP.
+        self.limits = limits or DEFAULT_LIMITS
         extra = dict(connection_kwargs or {})
         # RESP2 for both: the reply shapes parsed here do not depend on redis-py's default.
         options = {
@@ -126,11 +199,21 @@ class RedisBroker(Broker):
             confirm_seconds=command_timeout,
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
+            healthy_seconds=healthy_seconds,
+            log_seconds=log_seconds,
         )
         self._subs: dict[str, _Sub] = {}
         self._by_topic: dict[bytes, _Sub] = {}
+        # Channels whose stream is to be read, and the one task that reads them.
+        self._due: dict[_Sub, None] = {}
+        self._reader: asyncio.Task[None] | None = None
         self._deliver: Deliver | None = None
         self._up = False
+        # Messages and stream entries dropped as invalid, since start.
+        self.invalid_messages = 0
+        self._invalid_log = Throttle(log, log_seconds)
+        self._error_log = Throttle(log, log_seconds)
+        self._lost_log = Throttle(log, log_seconds)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -143,10 +226,17 @@ class RedisBroker(Broker):
     async def stop(self) -> None:
         await self._listener.stop()
         self._up = False
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        self._due.clear()
         await self._publishes.close()
         await self._redis.aclose()
         await self._pool.disconnect()
         self._deliver = None
+        for throttle in (self._invalid_log, self._error_log, self._lost_log):
+            throttle.flush()
 
     @property
     def ready(self) -> bool:
@@ -156,36 +246,41 @@ class RedisBroker(Broker):
         """Re-subscribe everything, then refill each channel from its stream."""
         subs = list(self._subs.values())
         for sub in subs:
-            sub.held = []
+            sub.refilling = True
         await self._listener.subscribe(sub.topic for sub in subs)
         for sub in subs:
             if self._subs.get(sub.name) is sub:
-                await self._refill(sub)
+                try:
+                    await self._refill(sub)
+                except _REDIS_ERRORS:
+                    raise  # the connection is gone again: the next one refills
+                except Exception as exc:  # a bug: this channel must not keep the node unready
+                    sub.refilling = False
+                    log.debug("refill of %s failed", sub.name, exc_info=True)
+                    self._error_log.hit("refill of %s failed: %r", sub.name, exc)
         self._up = True
         if subs:
             log.info("Redis is back: re-subscribed and refilled %d channels", len(subs))
 
     def _on_lost(self) -> None:
         self._up = False
-        log.warning("lost the Redis pub/sub connection; reconnecting")
+        self._lost_log.hit("lost the Redis pub/sub connection; reconnecting")
 
     async def _refill(self, sub: _Sub) -> None:
         if sub.base is None:  # its subscribe() is still running and will fail or set it
-            sub.held = None
+            sub.refilling = False
             return
-        start = max(sub.last, sub.base)
-        missed = await self._read_history(sub.name, start)
-        held, sub.held = sub.held or [], None
-        if missed.gap:
+        start = sub.position
+        read = await self._read_stream(sub.name, start)
+        sub.refilling = False
+        if self._subs.get(sub.name) is not sub:
+            return
+        if read.lost:
             # The cut outlasted the stream's length: the streams of this channel
             # are told (hub.gap, as a resuming client would be), then get what is left.
             log.warning("events of %s published during the cut were trimmed before the refill", sub.name)
-            if self._deliver is not None:
-                self._deliver(Event.gap(sub.name, format_id(start), missed.oldest))
-        for event in missed.events:
-            self._accept(sub, event)
-        for event in held:
-            self._accept(sub, event)
+        self._apply(sub, start, read)
+        self._after_read(sub)
 
     # -- live path ----------------------------------------------------------
 
@@ -193,12 +288,180 @@ class RedisBroker(Broker):
         sub = self._by_topic.get(channel_topic)
         if sub is None:
             return  # unsubscribed meanwhile
-        events = decode_message(sub.name, raw)
-        if sub.held is not None:
-            sub.held.extend(events)
+        try:
+            decoded = decode_message(sub.name, raw, self.limits)
+        except Invalid as exc:
+            self._invalid(sub.name, exc.reason)
+            if exc.announcement:  # whatever it claims, the stream says what is new
+                self._want(sub, ZERO)
             return
-        for event in events:
+        if decoded.announced is not None:
+            self._want(sub, decoded.announced)
+            return
+        if sub.reading:
+            sub.queued.extend(decoded.events)
+            return
+        for event in decoded.events:
             self._accept(sub, event)
+
+    def _want(self, sub: _Sub, announced: Key) -> None:
+        """A publish was announced: read the stream after ``sub.position``."""
+        if announced != ZERO and announced <= sub.position:
+            return  # already read (an earlier read saw it in the stream)
+        sub.want = announced if sub.want is None else max(sub.want, announced)
+        self._due[sub] = None
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read_due(), name="redis-stream-reader")
+
+    def _after_read(self, sub: _Sub) -> None:
+        """After subscribe() or a refill: read if an announcement came meanwhile, else
+        deliver the raw events held."""
+        if sub.want is not None and sub.want != ZERO and sub.want <= sub.position:
+            sub.want = None
+        if sub.want is not None:
+            self._want(sub, sub.want)
+        elif not sub.reading:
+            self._flush_queued(sub)
+
+    def _take_due(self) -> list[_Sub]:
+        subs: list[_Sub] = []
+        for sub in list(self._due):
+            del self._due[sub]
+            if self._subs.get(sub.name) is not sub or sub.want is None:
+                continue
+            if sub.base is None or sub.refilling:
+                continue  # subscribe() or the refill reads it, then calls _after_read
+            subs.append(sub)
+            if len(subs) == _READ_BATCH:
+                break
+        return subs
+
+    async def _read_due(self) -> None:
+        """The reader: read the streams of the channels announced, until none is due."""
+        failures = 0
+        while self._due:
+            subs = self._take_due()
+            if not subs:
+                continue
+            announced: dict[_Sub, Key] = {}
+            starts: dict[_Sub, Key] = {}
+            for sub in subs:
+                announced[sub] = sub.want or ZERO
+                starts[sub] = sub.position
+                sub.want = None
+                sub.busy = True
+            again = False
+            try:
+                reads = await self._read_many(starts)
+            except _REDIS_ERRORS as exc:
+                self._error_log.hit("reading %d streams failed: %s", len(subs), exc)
+                reads, again = {}, True
+            finally:
+                for sub in subs:
+                    sub.busy = False
+            for sub in subs:
+                if self._subs.get(sub.name) is not sub:
+                    continue
+                read = reads.get(sub)
+                if read is None:
+                    if again:  # Redis failed: read it again
+                        sub.want = announced[sub] if sub.want is None else max(sub.want, announced[sub])
+                    elif not sub.reading:  # refused (logged): the next announcement tries again
+                        self._flush_queued(sub)
+                    continue
+                try:
+                    self._apply(sub, starts[sub], read)
+                except Exception as exc:  # a bug: the other channels must still be served
+                    log.debug("delivering the stream of %s failed", sub.name, exc_info=True)
+                    self._error_log.hit("delivering the stream of %s failed: %r", sub.name, exc)
+                if announced[sub] > sub.position:
+                    # Announced, yet not in the stream: not the publish script's doing.
+                    self._invalid(
+                        sub.name, f"announced id {format_id(announced[sub])} that the stream does not hold"
+                    )
+                if not sub.reading:
+                    self._flush_queued(sub)
+            if again:
+                if not self._listener.connected:
+                    return  # the refill after the reconnect reads them
+                failures += 1
+                await asyncio.sleep(min(2.0, 0.05 * 2**failures))
+                for sub in subs:
+                    if sub.want is not None and self._subs.get(sub.name) is sub:
+                        self._due[sub] = None
+            else:
+                failures = 0
+
+    def _flush_queued(self, sub: _Sub) -> None:
+        queued, sub.queued = sub.queued, []
+        for event in queued:
+            self._accept(sub, event)
+
+    async def _read_many(self, starts: Mapping[_Sub, Key]) -> dict[_Sub, StreamRead]:
+        """The streams of several channels after their positions, in one round trip.
+
+        One ``XREAD`` from just before each position: when the entry at the
+        position itself comes back, nothing after it was trimmed. Otherwise (the
+        channel's first read, or entries trimmed) that channel's stream is read
+        with gap detection. A channel whose read fails is left out.
+        """
+        reads: dict[_Sub, StreamRead] = {}
+        known = {sub: start for sub, start in starts.items() if start != ZERO}
+        if known:
+            try:
+                reply: Any = await self._redis.xread(
+                    {sub.stream: format_id(_before(start)) for sub, start in known.items()}
+                )
+            except ResponseError:
+                reply = []  # a key of the wrong type: each stream is read on its own below
+            found = {(name.decode() if isinstance(name, bytes) else name): entries for name, entries in reply}
+            for sub, start in known.items():
+                entries = found.get(sub.stream)
+                if entries and parse_key(entries[0][0]) == start:
+                    events, skipped = read_entries(sub.name, entries[1:], self.limits)
+                    reads[sub] = StreamRead(events, skipped, False, None, parse_key(entries[-1][0]))
+        for sub, start in starts.items():
+            if sub not in reads:
+                try:
+                    reads[sub] = await self._read_stream(sub.name, start)
+                except ResponseError as exc:  # e.g. WRONGTYPE: this channel only
+                    self._error_log.hit("reading the stream of %s failed: %s", sub.name, exc)
+        return reads
+
+    def _apply(self, sub: _Sub, start: Key, read: StreamRead) -> None:
+        """Deliver a read of the stream after ``start``: its events in id order,
+        a hub.gap where anything was lost (trimmed, or skipped as invalid)."""
+        if read.lost and start == sub.position:
+            oldest = read.events[0].id if read.events else (format_id(read.first) if read.first else None)
+            self._gap(sub, format_id(start), oldest)
+        skipped = iter(read.skipped)
+        bad = next(skipped, None)
+        lost_from: str | None = None
+        for event in read.events:
+            key = event.key
+            assert key is not None
+            while bad is not None and bad[0] < key:
+                if bad[0] > sub.last:
+                    self._invalid(sub.name, f"stream entry {format_id(bad[0])}: {bad[1]}")
+                    lost_from = lost_from or format_id(sub.position)
+                    sub.last = sub.skipped = bad[0]
+                bad = next(skipped, None)
+            if lost_from is not None and key > sub.last:
+                self._gap(sub, lost_from, event.id)
+                lost_from = None
+            self._accept(sub, event)
+        while bad is not None:
+            if bad[0] > sub.last:
+                self._invalid(sub.name, f"stream entry {format_id(bad[0])}: {bad[1]}")
+                lost_from = lost_from or format_id(sub.position)
+                sub.last = sub.skipped = bad[0]
+            bad = next(skipped, None)
+        if lost_from is not None:
+            self._gap(sub, lost_from, None)
+
+    def _gap(self, sub: _Sub, requested: str, oldest: str | None) -> None:
+        if self._deliver is not None:
+            self._deliver(Event.gap(sub.name, requested, oldest))
 
     def _accept(self, sub: _Sub, event: Event) -> None:
         key = event.key
@@ -210,13 +473,32 @@ class RedisBroker(Broker):
         if self._deliver is not None:
             self._deliver(event)
 
+    def _invalid(self, channel: str, reason: str) -> None:
+        self.invalid_messages += 1
+        self._invalid_log.hit("dropped invalid input from Redis on channel %s: %s", channel, reason)
+
+    # -- errors -------------------------------------------------------------
+
+    def _fail(self, what: str, exc: BaseException, channel: str | None = None) -> NoReturn:
+        """Log what Redis said (rate-limited), raise what a client may read."""
+        self._error_log.hit("%s: %s: %s", what, type(exc).__name__, exc)
+        raise BrokerUnavailable(f"{what}: {_explain(exc, channel)}") from exc
+
     # -- the Broker interface -----------------------------------------------
 
     async def publish(self, channel: str, payloads: Sequence[Payload]) -> list[str]:
-        with _unavailable("publish failed"):
+        key = stream_key(self.prefix, channel)
+        try:
             ids = await self._publishes.call(
-                [stream_key(self.prefix, channel)], script_args(self.history_size, payloads)
+                [key], script_args(self.history_size, payloads, self.limits.max_event_bytes)
             )
+        except ResponseError as exc:
+            message = _SCRIPT_DETAIL.sub("", str(exc))
+            if message.startswith("ssehub: "):  # the script refused the events themselves
+                raise InputError(400, "bad_request", f"refused by Redis: {message[8:]}") from exc
+            self._fail(f"publish to {channel} failed", exc, channel)
+        except _REDIS_ERRORS as exc:
+            self._fail(f"publish to {channel} failed", exc, channel)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     async def subscribe(self, channel: str) -> None:
@@ -228,11 +510,12 @@ class RedisBroker(Broker):
         try:
             await self._listener.subscribe([sub.topic])
             sub.base = await self._newest(sub.stream)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _REDIS_ERRORS as exc:
             self._forget(sub)
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*_REDIS_ERRORS):
                 await self._listener.unsubscribe([sub.topic])
-            raise BrokerUnavailable(f"could not subscribe to {channel}: {exc}") from exc
+            self._fail(f"could not subscribe to {channel}", exc, channel)
+        self._after_read(sub)
 
     async def unsubscribe(self, channel: str) -> None:
         sub = self._subs.get(channel)
@@ -240,7 +523,7 @@ class RedisBroker(Broker):
             return
         self._forget(sub)
         # A dead connection took its subscriptions with it; the next one will not have this one.
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*_REDIS_ERRORS):
             await self._listener.unsubscribe([sub.topic])
 
     def _forget(self, sub: _Sub) -> None:
@@ -248,44 +531,73 @@ class RedisBroker(Broker):
             del self._subs[sub.name]
         if self._by_topic.get(sub.topic) is sub:
             del self._by_topic[sub.topic]
+        self._due.pop(sub, None)
+        sub.queued.clear()
 
     def _current(self, channel: str) -> _Sub | None:
         """The channel's subscription when its ring and ``last`` are complete."""
         sub = self._subs.get(channel)
-        if sub is None or not self._up or sub.held is not None or sub.base is None:
+        if sub is None or not self._up or sub.refilling or sub.base is None:
             return None
         return sub
 
     async def history(self, channel: str, after: Key | None) -> History:
         sub = self._current(channel)
         # The ring answers from its start on, and up to what this process heard: a
-        # cursor ahead of that (seen on another node, still on its way here) asks Redis.
-        if sub is not None and sub.base is not None and after is not None:
-            newest = max(sub.last, sub.base)
-            if sub.base <= after <= newest and sub.ring.covers(after):
+        # cursor ahead of that (seen on another node, still on its way here) asks Redis,
+        # and so does one before an entry skipped as invalid (the client is told).
+        if sub is not None and sub.base is not None and after is not None and addressable(after):
+            newest = sub.position
+            if (
+                sub.base <= after <= newest
+                and sub.ring.covers(after)
+                and (sub.skipped is None or after >= sub.skipped)
+            ):
                 first = sub.ring.first
                 oldest = first.id if first is not None else None
                 return History(sub.ring.after(after), gap=False, oldest=oldest, last=newest)
-        with _unavailable("history read failed"):
-            return await self._read_history(channel, after)
+        try:
+            read = await self._read_stream(channel, after)
+        except _REDIS_ERRORS as exc:
+            self._fail("history read failed", exc, channel)
+        for key, reason in read.skipped:
+            self._invalid(channel, f"stream entry {format_id(key)}: {reason}")
+        return read.history()
 
-    async def _read_history(self, channel: str, after: Key | None) -> History:
+    async def _read_stream(self, channel: str, after: Key | None) -> StreamRead:
+        """The stream after ``after``, with gap detection.
+
+        A cursor Redis cannot read from (a part past 2**64-1, or the largest id)
+        or one past the stream's newest id is one this stream never handed out:
+        as a malformed one, it gets everything kept, and a gap.
+        """
+        start = after if after is None or addressable(after) else None
+        read = await self._xrange(channel, start)
+        if after is not None and (start is None or after > read.last):
+            if start is not None:
+                read = await self._xrange(channel, None)
+            read.lost = True
+        return read
+
+    async def _xrange(self, channel: str, after: Key | None) -> StreamRead:
         stream = stream_key(self.prefix, channel)
         start = "-" if after is None else f"({format_id(after)}"
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xinfo_stream(stream)
             pipe.xrange(stream, min=start, max="+")
             info, entries = await pipe.execute(raise_on_error=False)
-        if isinstance(entries, Exception):
-            raise entries
-        return history_from(channel, after, info, entries)
+        if isinstance(info, ResponseError) and "no such key" not in str(info):
+            raise info  # WRONGTYPE and the like: not an empty stream
+        return read_stream(channel, after, info, entries, self.limits)
 
     async def last_key(self, channel: str) -> Key:
         sub = self._current(channel)
         if sub is not None and sub.base is not None:
-            return max(sub.last, sub.base)
-        with _unavailable("reading the newest id failed"):
+            return sub.position
+        try:
             return await self._newest(stream_key(self.prefix, channel))
+        except _REDIS_ERRORS as exc:
+            self._fail("reading the newest id failed", exc, channel)
 
     async def _newest(self, stream: str) -> Key:
         entries: Any = await self._redis.xrevrange(stream, max="+", min="-", count=1)
@@ -297,3 +609,27 @@ class RedisBroker(Broker):
             last = sub.ring.last
             out[name] = ChannelStats(last.id if last is not None else None, len(sub.ring))
         return out
+
+
+def _explain(exc: BaseException, channel: str | None) -> str:
+    """A Redis failure in words a client may read: what is wrong and who fixes it."""
+    if isinstance(exc, ResponseError):
+        code = str(exc).split(" ", 1)[0]
+        if code == "WRONGTYPE":
+            where = f"channel {channel!r}" if channel is not None else "this channel"
+            return (
+                f"a Redis key of {where} holds another type of value than the hub's"
+                " (WRONGTYPE); an operator must delete or rename it"
+            )
+        return _REFUSALS.get(code, "Redis refused the command")
+    if isinstance(exc, RedisTimeoutError | TimeoutError):
+        return "Redis did not answer in time"
+    if isinstance(exc, RedisConnectionError | OSError):
+        return "Redis is unreachable"
+    return "Redis failed"
+
+
+def _before(key: Key) -> Key:
+    """The id just before ``key`` (not ZERO), for an ``XREAD`` that returns ``key`` itself."""
+    ms, seq = key
+    return (ms, seq - 1) if seq else (ms - 1, _U64)

@@ -6,7 +6,11 @@ This listener owns a bare connection instead: it never reconnects silently,
 it tells its owner when it is connected (``on_connected``, which re-subscribes
 and refills from the streams) and when it was lost (``on_lost``), and it
 waits a capped, jittered backoff between attempts so that a fleet of hubs
-does not hammer a Redis that is coming back.
+does not hammer a Redis that is coming back. The backoff keeps growing over
+attempts that fail, even those that connected and then failed (a refill that
+breaks, a Redis that accepts and drops): it starts again from the bottom only
+after a connection stayed up for ``healthy_seconds``. Failures are logged as
+one line each, at most once per ``log_seconds`` (with how many there were).
 
 A PING on a quiet connection catches a peer that vanished without closing
 the socket.
@@ -18,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -25,6 +30,8 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+
+from hub.core.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,8 @@ class PubSubListener:
         confirm_seconds: float = 5.0,
         backoff_base: float = 0.1,
         backoff_cap: float = 5.0,
+        healthy_seconds: float = 30.0,
+        log_seconds: float = 30.0,
     ) -> None:
         self._connect = connect
         self._on_message = on_message
@@ -52,6 +61,11 @@ class PubSubListener:
         self.confirm_seconds = confirm_seconds
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.healthy_seconds = healthy_seconds
+        # Attempts that failed since the last connection that stayed healthy.
+        self.failures = 0
+        self._failed = Throttle(log, log_seconds)
+        self._undelivered = Throttle(log, log_seconds)
         self._conn: AbstractConnection | None = None
         # Futures resolved by the server's "subscribe" replies, oldest first per topic.
         self._waiting: dict[bytes, deque[asyncio.Future[None]]] = {}
@@ -74,6 +88,8 @@ class PubSubListener:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        self._failed.close()
+        self._undelivered.close()
 
     async def subscribe(self, topics: Iterable[bytes]) -> None:
         """SUBSCRIBE and wait for the server's confirmation of every topic."""
@@ -113,21 +129,20 @@ class PubSubListener:
     # -- the loop -----------------------------------------------------------
 
     async def _run(self) -> None:
-        failures = 0
         while True:
             conn = self._connect()
+            up_since: float | None = None
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
                 self._conn = conn
-                failures = 0
+                up_since = time.monotonic()
                 log.info("pub/sub connection up")
                 await self._session(conn)
             except (RedisError, OSError, TimeoutError) as exc:
-                failures += 1
-                log.warning("pub/sub connection lost or refused: %s", exc)
-            except Exception:  # a bug must not end the loop: the process would never recover
-                failures += 1
-                log.exception("pub/sub connection failed")
+                self._failure(up_since, "pub/sub connection lost or refused: %s", exc)
+            except Exception as exc:  # a bug must not end the loop: the process would never recover
+                log.debug("pub/sub connection failed", exc_info=True)
+                self._failure(up_since, "pub/sub connection failed: %r", exc)
             finally:
                 was_up = self._conn is not None
                 self._conn = None
@@ -137,11 +152,25 @@ class PubSubListener:
                     self._on_lost()
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
-            await asyncio.sleep(self._backoff(failures))
+            await asyncio.sleep(self._backoff(self.failures))
+
+    def _failure(self, up_since: float | None, message: str, exc: BaseException) -> None:
+        if up_since is not None and time.monotonic() - up_since >= self.healthy_seconds:
+            self.failures = 0  # it had been healthy: start the backoff over
+        self.failures += 1
+        self._failed.hit(
+            message + " (attempt %d failed; backing off up to %.1fs)",
+            exc,
+            self.failures,
+            self._ceiling(self.failures),
+        )
+
+    def _ceiling(self, failures: int) -> float:
+        return min(self.backoff_cap, self.backoff_base * float(2 ** min(failures, 16)))
 
     def _backoff(self, failures: int) -> float:
         # "Full jitter": a random wait up to an exponentially growing cap.
-        ceiling = min(self.backoff_cap, self.backoff_base * 2 ** min(failures, 16))
+        ceiling = self._ceiling(failures)
         return random.uniform(ceiling / 2, ceiling)
 
     async def _session(self, conn: AbstractConnection) -> None:
@@ -179,8 +208,9 @@ class PubSubListener:
             if kind == b"message":
                 try:
                     on_message(reply[1], reply[2])
-                except Exception:  # one bad message must not cut every stream
-                    log.exception("could not deliver a message of %r", reply[1])
+                except Exception as exc:  # one bad message must not cut every stream
+                    log.debug("could not deliver a message of %r", reply[1], exc_info=True)
+                    self._undelivered.hit("could not deliver a message of %r: %r", reply[1], exc)
             elif kind == b"subscribe":
                 self._confirm(reply[1])
 

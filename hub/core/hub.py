@@ -34,7 +34,7 @@ from hub.brokers.base import Broker
 from hub.core.event import Event
 from hub.core.ids import ZERO, Key
 from hub.core.subscriber import NO_EVENTS, Batch, Resume, SinkClosed, Subscriber
-from hub.core.throttle import Throttled
+from hub.core.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,8 @@ class Hub:
         # Channels being unsubscribed at the broker, so that a new subscribe
         # of the same name waits for it and the broker sees them in order.
         self._leaving: dict[str, asyncio.Task[None]] = {}
-        self._slow_log = Throttled(log)
-        self._fault_log = Throttled(log, level=logging.ERROR)
+        self._slow_log = Throttle(log)
+        self._fault_log = Throttle(log, level=logging.ERROR)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -122,6 +122,8 @@ class Hub:
             await asyncio.gather(self._ticker, return_exceptions=True)
             self._ticker = None
         self.flush()
+        self._slow_log.flush()
+        self._fault_log.flush()
         await self.broker.stop()
 
     def close_all(self, final: Callable[[], bytes] | None = None) -> int:
@@ -180,7 +182,7 @@ class Hub:
             except Exception:
                 # A bug, not a client: it must still not cost other channels their events.
                 channel.pending = []
-                self._fault_log.warn("flush of channel %s failed", channel.name, exc_info=True)
+                self._fault_log.hit("flush of channel %s failed", channel.name, exc_info=True)
         if self._dirty_multi:
             subs, self._dirty_multi = self._dirty_multi, {}
             epoch = self.epoch
@@ -452,7 +454,7 @@ class Hub:
 
     def _cut_slow(self, sub: Subscriber) -> None:
         self.stats.slow_cut += 1
-        self._slow_log.warn(
+        self._slow_log.hit(
             "cut a subscriber of %s that fell %d bytes behind (%d cut so far)",
             ",".join(sub.channels),
             max(sub.sink.buffered(), sub.held_bytes),
@@ -465,7 +467,7 @@ class Hub:
         """``sub``'s sink failed: its connection is gone (or its sink has a bug)."""
         self.stats.gone += 1
         if not isinstance(exc, SinkClosed):
-            self._fault_log.warn("writing to a stream of %s failed", ",".join(sub.channels), exc_info=exc)
+            self._fault_log.hit("writing to a stream of %s failed", ",".join(sub.channels), exc_info=exc)
         sub.reason = "gone"
         self._abort(sub)
 
@@ -473,7 +475,7 @@ class Hub:
         try:
             sub.sink.abort()
         except Exception:
-            self._fault_log.warn("aborting a stream of %s failed", ",".join(sub.channels), exc_info=True)
+            self._fault_log.hit("aborting a stream of %s failed", ",".join(sub.channels), exc_info=True)
         self.detach(sub)
 
     # -- heartbeats ---------------------------------------------------------

@@ -40,6 +40,13 @@ class HubCollector(Collector):
             value=s.gone,
         )
         yield CounterMetricFamily("ssehub_refused", "Streams refused (full or draining)", value=s.refused)
+        invalid = getattr(hub.broker, "invalid_messages", None)
+        if isinstance(invalid, int):
+            yield CounterMetricFamily(
+                "ssehub_broker_invalid_messages",
+                "Messages and stored entries from the broker dropped as invalid",
+                value=invalid,
+            )
 
 
 def make_registry(hub: Callable[[], Hub | None]) -> CollectorRegistry:

@@ -154,12 +154,18 @@ async def test_earliest_replays_all_kept_without_gap(hub: Hub) -> None:
     assert all(e.type == "message" for e in sink.events())
 
 
-async def test_cursor_from_the_future_is_live_only_and_not_a_filter(hub: Hub) -> None:
+async def test_cursor_never_handed_out_is_a_gap_then_all_kept_and_not_a_filter(hub: Hub) -> None:
+    # An id past the channel's newest was never handed out (a forged or corrupted
+    # cursor, or one of another hub's): as the Redis broker does, the client is
+    # told, and later events are not filtered by it.
     await publish(hub, "c", 1)
     _, sink = await subscribe(hub, "c", last_event_id="99999999999999-0")
     await publish(hub, "c", 2)
     await settle()
-    assert datas(sink) == [2]
+    events = sink.events()
+    assert events[0].type == "hub.gap"
+    assert orjson.loads(events[0].data)["requested"] == "99999999999999-0"
+    assert datas(sink) == [1, 2]
 
 
 async def test_cursor_from_before_this_process_is_a_gap() -> None:
