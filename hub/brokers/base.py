@@ -64,8 +64,13 @@ class Broker(ABC):
         """Stop hearing ``channel``."""
 
     @abstractmethod
-    async def history(self, channel: str, after: Key | None) -> History:
-        """Kept events after ``after`` (all kept when None), with gap detection."""
+    async def history(self, channel: str, after: Key | None, limit: int | None = None) -> History:
+        """Kept events after ``after`` (all kept when None), with gap detection.
+
+        At most ``limit`` events: a replay reads history a page at a time, so
+        that a long one never sits whole in memory. ``History.more`` is where
+        the next page starts (None on the last).
+        """
 
     @abstractmethod
     async def last_key(self, channel: str) -> Key:

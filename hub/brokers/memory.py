@@ -72,17 +72,17 @@ class MemoryBroker(Broker):
     async def unsubscribe(self, channel: str) -> None:
         return None
 
-    async def history(self, channel: str, after: Key | None) -> History:
+    async def history(self, channel: str, after: Key | None, limit: int | None = None) -> History:
         entry = self._logs.get(channel)
         if entry is None:
             # Any id of this channel was handed out by an earlier process (or never).
             return History([], gap=after is not None and after > ZERO, oldest=None, last=ZERO)
-        history = entry.ring.since(after)
+        history = entry.ring.since(after, limit)
         if after is not None and (ZERO < after < self.boot or after > entry.clock.last):
             # From before this process, or an id this channel never handed out: what
             # the client saw is unknown, so it is told, and gets all that is kept.
             history.gap = True
-            history.events = entry.ring.after((-1, -1))
+            entry.ring.fill(history, None, limit)
         return history
 
     async def last_key(self, channel: str) -> Key:

@@ -541,7 +541,7 @@ class RedisBroker(Broker):
             return None
         return sub
 
-    async def history(self, channel: str, after: Key | None) -> History:
+    async def history(self, channel: str, after: Key | None, limit: int | None = None) -> History:
         sub = self._current(channel)
         # The ring answers from its start on, and up to what this process heard: a
         # cursor ahead of that (seen on another node, still on its way here) asks Redis,
@@ -554,17 +554,18 @@ class RedisBroker(Broker):
                 and (sub.skipped is None or after >= sub.skipped)
             ):
                 first = sub.ring.first
-                oldest = first.id if first is not None else None
-                return History(sub.ring.after(after), gap=False, oldest=oldest, last=newest)
+                history = History(gap=False, oldest=first.id if first is not None else None, last=newest)
+                sub.ring.fill(history, after, limit)
+                return history
         try:
-            read = await self._read_stream(channel, after)
+            read = await self._read_stream(channel, after, limit)
         except _REDIS_ERRORS as exc:
             self._fail("history read failed", exc, channel)
         for key, reason in read.skipped:
             self._invalid(channel, f"stream entry {format_id(key)}: {reason}")
         return read.history()
 
-    async def _read_stream(self, channel: str, after: Key | None) -> StreamRead:
+    async def _read_stream(self, channel: str, after: Key | None, limit: int | None = None) -> StreamRead:
         """The stream after ``after``, with gap detection.
 
         A cursor Redis cannot read from (a part past 2**64-1, or the largest id)
@@ -572,23 +573,30 @@ class RedisBroker(Broker):
         as a malformed one, it gets everything kept, and a gap.
         """
         start = after if after is None or addressable(after) else None
-        read = await self._xrange(channel, start)
+        read = await self._xrange(channel, start, limit)
         if after is not None and (start is None or after > read.last):
             if start is not None:
-                read = await self._xrange(channel, None)
+                read = await self._xrange(channel, None, limit)
             read.lost = True
         return read
 
-    async def _xrange(self, channel: str, after: Key | None) -> StreamRead:
+    async def _xrange(self, channel: str, after: Key | None, limit: int | None = None) -> StreamRead:
         stream = stream_key(self.prefix, channel)
         start = "-" if after is None else f"({format_id(after)}"
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xinfo_stream(stream)
-            pipe.xrange(stream, min=start, max="+")
+            pipe.xrange(stream, min=start, max="+", count=None if limit is None else limit + 1)
             info, entries = await pipe.execute(raise_on_error=False)
         if isinstance(info, ResponseError) and "no such key" not in str(info):
             raise info  # WRONGTYPE and the like: not an empty stream
-        return read_stream(channel, after, info, entries, self.limits)
+        more = None
+        if limit is not None and isinstance(entries, list) and len(entries) > limit:
+            del entries[limit:]
+            # The next page starts after the last entry read, valid or skipped.
+            more = parse_key(entries[-1][0])
+        read = read_stream(channel, after, info, entries, self.limits)
+        read.more = more
+        return read
 
     async def last_key(self, channel: str) -> Key:
         sub = self._current(channel)

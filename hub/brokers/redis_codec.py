@@ -289,6 +289,8 @@ class StreamRead:
     lost: bool
     first: Key | None
     last: Key
+    # Where the next page starts, when a count cut this read short.
+    more: Key | None = None
 
     def history(self) -> History:
         """The answer to a resume: a gap when anything after the cursor is not replayed."""
@@ -296,7 +298,9 @@ class StreamRead:
         if self.skipped:
             # What follows the hub.gap starts here.
             oldest = self.events[0].id if self.events else None
-        return History(self.events, gap=self.lost or bool(self.skipped), oldest=oldest, last=self.last)
+        return History(
+            self.events, gap=self.lost or bool(self.skipped), oldest=oldest, last=self.last, more=self.more
+        )
 
 
 def read_stream(

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from hub import sse
 from hub.brokers.base import Broker
 from hub.core.event import Event
-from hub.core.ids import ZERO, Key
+from hub.core.ids import ZERO, Key, format_id
 from hub.core.subscriber import NO_EVENTS, Batch, Resume, SinkClosed, Subscriber
 from hub.core.throttle import Throttle
 
@@ -45,8 +45,21 @@ LINGER_SECONDS = 0.001
 # Ticks per heartbeat interval: a stream idle for one interval gets its
 # heartbeat within a quarter interval more.
 _TICKS = 4
-# Replays go out in slices of about this size, each once the socket has room.
+# Replays go out in slices of about this size, each once the socket has room,
+# and are read from the broker in pages of about REPLAY_PAGE_BYTES: the first
+# page is REPLAY_PAGE events, later ones grow or shrink with the events' size.
 REPLAY_SLICE = 64 * 1024
+REPLAY_PAGE = 16
+REPLAY_PAGE_MAX = 1024
+REPLAY_PAGE_BYTES = 256 * 1024
+
+
+def _next_page(page: int, events: list[Event]) -> int:
+    """How many events to read next so that a page holds about REPLAY_PAGE_BYTES."""
+    size = sum(len(e.frame) for e in events)
+    if not events or size == 0:
+        return page
+    return max(1, min(REPLAY_PAGE_MAX, len(events) * REPLAY_PAGE_BYTES // size))
 
 
 class Channel:
@@ -274,13 +287,18 @@ class Hub:
         self._go_live(sub, channels, floors)
 
     async def _replay(self, sub: Subscriber, index: int, name: str, resume: Resume | None) -> Key:
-        """Write what ``sub`` missed on one channel; return the id it is now at."""
+        """Write what ``sub`` missed on one channel; return the id it is now at.
+
+        History is read a page at a time and each page written as the socket
+        drains, so neither a long history nor a client that does not read holds
+        more than a page in memory.
+        """
         if resume is None:
             floor = await self.broker.last_key(name)
             if sub.multi:
                 sub.positions[index] = floor
             return floor
-        history = await self.broker.history(name, resume.after)
+        history = await self.broker.history(name, resume.after, REPLAY_PAGE)
         if history.gap or resume.malformed:
             self._write(sub, self.gap_frame(name, resume.requested, history.oldest))
         if history.events and history.events[-1].key is not None:
@@ -291,6 +309,17 @@ class Hub:
             if sub.multi:
                 sub.positions[index] = floor
         await self._write_paced(sub, (sub.frame_for(index, event) for event in history.events))
+        page = REPLAY_PAGE
+        while history.more is not None and not sub.closed:
+            after = history.more
+            page = _next_page(page, history.events)
+            history = await self.broker.history(name, after, page)
+            if history.gap:
+                # Trimmed (or skipped as invalid) while this client was being replayed to.
+                self._write(sub, self.gap_frame(name, format_id(after), history.oldest))
+            if history.events and history.events[-1].key is not None:
+                floor = max(floor, history.events[-1].key)
+            await self._write_paced(sub, (sub.frame_for(index, event) for event in history.events))
         return floor
 
     async def _catch_up(self, sub: Subscriber, channels: list[Channel], floors: list[Key]) -> None:

@@ -29,6 +29,8 @@ class History:
 
     ``gap`` is True when events after the asked-for id were dropped, so the
     client must be told (``hub.gap``); ``events`` then starts at ``oldest``.
+    ``more`` is where the next page starts when a ``limit`` cut this one short
+    (the last id read, which an invalid entry skipped by the broker may be).
     """
 
     events: list[Event] = field(default_factory=list)
@@ -36,6 +38,7 @@ class History:
     oldest: str | None = None
     # The channel's newest id when the history was read (ZERO when none).
     last: Key = ZERO
+    more: Key | None = None
 
 
 class ReplayRing:
@@ -97,11 +100,24 @@ class ReplayRing:
         """True when every event after ``key`` that this ring ever held is still here."""
         return self.dropped is None or key >= self.dropped
 
-    def since(self, key: Key | None) -> History:
-        """What a client that last saw ``key`` missed (``None``: replay all kept)."""
+    def since(self, key: Key | None, limit: int | None = None) -> History:
+        """What a client that last saw ``key`` missed (``None``: replay all kept),
+        at most ``limit`` events of it (``History.more`` says where to go on)."""
         first, last = self.first, self.last
-        oldest = first.id if first is not None else None
-        newest = _key(last) if last is not None else ZERO
-        if key is None or not self.covers(key):
-            return History(self.after((-1, -1)), gap=key is not None, oldest=oldest, last=newest)
-        return History(self.after(key), gap=False, oldest=oldest, last=newest)
+        gap = key is not None and not self.covers(key)
+        history = History(
+            gap=gap,
+            oldest=first.id if first is not None else None,
+            last=_key(last) if last is not None else ZERO,
+        )
+        self.fill(history, key if key is not None and not gap else None, limit)
+        return history
+
+    def fill(self, history: History, key: Key | None, limit: int | None) -> None:
+        """Put the events after ``key`` (all kept when None), at most ``limit``, in ``history``."""
+        events = self.after(key if key is not None else (-1, -1), None if limit is None else limit + 1)
+        history.more = None
+        if limit is not None and len(events) > limit:
+            del events[limit:]
+            history.more = _key(events[-1])
+        history.events = events

@@ -602,3 +602,29 @@ async def test_the_backoff_starts_over_after_a_healthy_connection(server: fakere
     await asyncio.sleep(0.2)
     await listener.stop()
     assert listener.failures == 1  # each connection counted as healthy: never more than one
+
+
+async def test_history_pages_go_on_past_entries_skipped_as_invalid(
+    make: Make, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    broker, _ = await make()
+    ids = await broker.publish("c", json_payloads(1, 2, 3))
+    # Two invalid entries end a page: the next one must start after them, not loop on them.
+    await redis.xadd(stream_key("hub", "c"), {"k": "json", "d": b"{not json"})
+    await redis.xadd(stream_key("hub", "c"), {"k": "text", "d": b"\xff"})
+    ids += await broker.publish("c", json_payloads(4, 5))
+    seen: list[str | None] = []
+    gaps = 0
+    history = await broker.history("c", None, 3)
+    pages = 1
+    while True:
+        seen += [e.id for e in history.events]
+        gaps += history.gap
+        if history.more is None:
+            break
+        assert len(history.events) <= 3
+        history = await broker.history("c", history.more, 3)
+        pages += 1
+    assert seen == list(ids)
+    assert gaps == 1  # the page holding the skipped entries says so
+    assert pages == 3

@@ -103,8 +103,8 @@ async def test_events_published_while_history_is_read_are_held_not_lost(hub: Hub
     real_history = broker.history
     gate = asyncio.Event()
 
-    async def slow_history(channel: str, after: Key | None) -> History:
-        result = await real_history(channel, after)
+    async def slow_history(channel: str, after: Key | None, limit: int | None = None) -> History:
+        result = await real_history(channel, after, limit)
         await gate.wait()  # as a Redis XRANGE would, the loop runs meanwhile
         return result
 

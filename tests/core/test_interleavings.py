@@ -40,8 +40,8 @@ class YieldingBroker(MemoryBroker):
     async def subscribe(self, channel: str) -> None:
         await self.pause()
 
-    async def history(self, channel: str, after: Key | None) -> History:
-        result = await super().history(channel, after)
+    async def history(self, channel: str, after: Key | None, limit: int | None = None) -> History:
+        result = await super().history(channel, after, limit)
         await self.pause()
         return result
 

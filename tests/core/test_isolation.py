@@ -13,7 +13,9 @@ import pytest
 
 from hub.brokers.memory import MemoryBroker
 from hub.core.event import Payload
-from hub.core.hub import HEARTBEAT, REPLAY_SLICE, Hub
+from hub.core.hub import HEARTBEAT, REPLAY_PAGE, REPLAY_PAGE_BYTES, REPLAY_SLICE, Hub
+from hub.core.ids import Key
+from hub.core.ring import History
 from hub.core.subscriber import Batch, Resume, Subscriber
 from hub.inputs import resumes_for
 from tests.core.helpers import RecordingSink
@@ -226,3 +228,77 @@ async def test_live_events_held_during_a_slow_replay_all_arrive_in_order(hub: Hu
     await publish(hub, "c", 303)
     await settle()
     assert datas(sink) == list(range(304))
+
+
+async def test_history_is_read_a_page_at_a_time_and_replayed_whole(hub: Hub) -> None:
+    broker = hub.broker
+    assert isinstance(broker, MemoryBroker)
+    pages: list[int] = []
+    real = broker.history
+
+    async def counted(channel: str, after: Key | None, limit: int | None = None) -> History:
+        assert limit is not None, "a replay must read history in pages"
+        result = await real(channel, after, limit)
+        pages.append(len(result.events))
+        return result
+
+    broker.history = counted  # type: ignore[method-assign]
+    await publish(hub, "c", *range(300))
+    sink = RecordingSink()
+    await attach(hub, sink, "c", last_event_id="earliest")
+    assert datas(sink) == list(range(300))
+    assert pages[0] == REPLAY_PAGE
+    assert sum(pages) == 300
+    assert len(pages) > 1
+
+
+async def test_replay_pages_hold_about_the_same_bytes_whatever_the_events_size(hub: Hub) -> None:
+    broker = hub.broker
+    assert isinstance(broker, MemoryBroker)
+    pages: list[int] = []
+    real = broker.history
+
+    async def counted(channel: str, after: Key | None, limit: int | None = None) -> History:
+        result = await real(channel, after, limit)
+        pages.append(sum(len(e.frame) for e in result.events))
+        return result
+
+    broker.history = counted  # type: ignore[method-assign]
+    await publish(hub, "big", *["x" * 60_000] * 40)
+    await publish(hub, "small", *range(900))
+    for channel in ("big", "small"):
+        pages.clear()
+        sink = RecordingSink()
+        await attach(hub, sink, channel, last_event_id="earliest")
+        assert len(datas(sink)) == (40 if channel == "big" else 900)
+        # After the first page, none holds much more than the target, nor (but the last) much less.
+        assert max(pages[1:]) <= 2 * REPLAY_PAGE_BYTES, (channel, pages)
+        assert min(pages[1:-1], default=REPLAY_PAGE_BYTES) >= REPLAY_PAGE_BYTES // 4, (channel, pages)
+
+
+async def test_history_trimmed_under_a_slow_replay_is_told_as_a_gap(hub: Hub) -> None:
+    small = Hub(MemoryBroker(history_size=100), heartbeat_seconds=60, max_pending_bytes=10_000_000)
+    await small.start()
+    try:
+        await publish(small, "c", *range(100))
+        sink = StalledSink()
+        task = asyncio.create_task(attach(small, sink, "c", last_event_id="earliest"))
+        for _ in range(100):  # the first slice is out, the replay waits for the client
+            await asyncio.sleep(0)
+            if sink.pending:
+                break
+        assert sink.pending
+        await publish(small, "c", *range(100, 300))  # pushes the rest of the first history out
+        sink.release.set()
+        await asyncio.wait_for(task, 5)
+        events = sink.events()
+        gaps = [i for i, e in enumerate(events) if e.type == "hub.gap"]
+        assert len(gaps) == 1
+        got = [orjson.loads(e.data) for e in events if e.type == "message"]
+        # What came before the gap is a prefix of the first history, what came after is
+        # all that is kept now, then live: in order, nothing twice.
+        before, after = got[: gaps[0]], got[gaps[0] :]
+        assert before == list(range(len(before)))
+        assert after == list(range(200, 300))
+    finally:
+        await small.stop()

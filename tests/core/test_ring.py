@@ -72,3 +72,15 @@ def test_ring_matches_a_plain_list_model(capacity: int, count: int, cursor: int)
     assert history.gap == bool(lost)
     want = model if lost else [i for i in model if i > cursor]
     assert [e.key[1] for e in history.events if e.key] == want
+
+
+def test_a_page_of_history_says_where_the_next_starts() -> None:
+    ring = ReplayRing(100)
+    ring.extend(event("c", (i, 0)) for i in range(1, 11))
+    first = ring.since(None, limit=4)
+    assert [e.key for e in first.events] == [(1, 0), (2, 0), (3, 0), (4, 0)]
+    assert first.more == (4, 0)
+    rest = ring.since(first.more, limit=6)
+    assert [e.key for e in rest.events] == [(i, 0) for i in range(5, 11)]
+    assert rest.more is None  # exactly the rest: no further page
+    assert ring.since((2, 0)).more is None  # no limit, one page

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.support.client import client, open_stream, publish
-from tests.support.procs import HubProcess, running_hub, wait_until
+from tests.support.procs import HubProcess, RedisServer, running_hub, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -107,13 +107,20 @@ def stalled_resume(port: int, path: str) -> socket.socket:
     return sock
 
 
-async def test_never_reading_resumers_are_bounded_and_cut_and_others_go_on() -> None:
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+async def test_never_reading_resumers_are_bounded_and_cut_and_others_go_on(
+    broker: str, request: pytest.FixtureRequest
+) -> None:
     env = {
         "HUB_HISTORY_SIZE": "400",
         "HUB_MAX_PENDING_BYTES": "262144",
         "HUB_STALL_SECONDS": "2",
         "HUB_HEARTBEAT_SECONDS": "0.5",
     }
+    if broker == "redis":
+        # The replay reads the Redis stream: a page at a time, never the whole history.
+        server: RedisServer = request.getfixturevalue("redis_server")
+        env["HUB_REDIS_URL"] = server.url
     with running_hub(env) as hub:
         async with client() as http:
             pad = "x" * 60_000
