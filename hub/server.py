@@ -78,14 +78,17 @@ def fd_reserve(settings: Settings) -> int:
 
 
 def uvicorn_config(settings: Settings, app: HubApp | None = None) -> uvicorn.Config:
+    app = app if app is not None else create_app(settings)
+    protocol = protocol_class(settings.max_header_bytes, settings.header_timeout, fd_reserve(settings))
+    app.state.connections = protocol.guard  # its counters are in /metrics
     return uvicorn.Config(
-        app if app is not None else create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
         # uvicorn's httptools protocol with connection guards (hub.http.protocol):
         # head size and time limits, one stream per connection, an fd ration.
-        http=protocol_class(settings.max_header_bytes, settings.header_timeout, fd_reserve(settings)),
+        http=protocol,
         lifespan="on",
         log_level=settings.log_level,
         access_log=settings.log_level in ("debug", "trace"),

@@ -75,7 +75,7 @@ def make_router(state: StreamState) -> APIRouter:
             )
         return as_json({"channels": out})
 
-    registry = make_registry(lambda: state.hub)
+    registry = make_registry(state)
 
     @get("/metrics")
     async def metrics() -> Response:

@@ -6,21 +6,39 @@ the hot path pays nothing for metrics (no per-delivery ``Counter.inc``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hub.core.hub import Hub
+from hub.http.raw import StreamState
 
 
 class HubCollector(Collector):
-    def __init__(self, hub: Callable[[], Hub | None]) -> None:
-        self._hub = hub
+    def __init__(self, state: StreamState) -> None:
+        self._state = state
 
     def collect(self) -> Iterator[Metric]:
-        hub = self._hub()
+        guard = self._state.connections
+        if guard is not None:
+            yield GaugeMetricFamily("ssehub_connections", "Open client connections", value=guard.open)
+            for name, value, what in (
+                (
+                    "header_timeouts",
+                    guard.timed_out,
+                    "Connections closed for not sending a request head in time",
+                ),
+                (
+                    "headers_too_large",
+                    guard.too_large,
+                    "Requests refused for a head over HUB_MAX_HEADER_BYTES",
+                ),
+                ("connections_evicted", guard.evicted, "Idle connections closed near the open-file limit"),
+                ("connections_refused", guard.refused, "Connections refused at the open-file limit"),
+            ):
+                yield CounterMetricFamily(f"ssehub_{name}", what, value=value)
+        hub = self._state.hub
         if hub is None:
             return
         s = hub.stats
@@ -49,9 +67,9 @@ class HubCollector(Collector):
             )
 
 
-def make_registry(hub: Callable[[], Hub | None]) -> CollectorRegistry:
+def make_registry(state: StreamState) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(HubCollector(hub))
+    registry.register(HubCollector(state))
     return registry
 
 

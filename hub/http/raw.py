@@ -9,10 +9,14 @@ raw endpoints add the same ``Access-Control-Allow-Origin`` through here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hub.core.hub import Hub
 from hub.inputs import Limits
 from hub.settings import Settings
+
+if TYPE_CHECKING:
+    from hub.http.protocol import ConnectionGuard
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -23,6 +27,8 @@ class StreamState:
 
     hub: Hub | None = None
     draining: bool = False
+    # The connection guard of the server this app runs under (hub.http.protocol), if any.
+    connections: ConnectionGuard | None = None
 
 
 class RawEndpoint:
