@@ -6,7 +6,7 @@ And a replay is written as the socket drains, never all at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 import pytest
@@ -230,7 +230,8 @@ async def test_live_events_held_during_a_slow_replay_all_arrive_in_order(hub: Hu
     assert datas(sink) == list(range(304))
 
 
-async def test_history_is_read_a_page_at_a_time_and_replayed_whole(hub: Hub) -> None:
+def pages_read(hub: Hub, measure: Callable[[History], int]) -> list[int]:
+    """``measure`` of every page of history the hub reads from now on."""
     broker = hub.broker
     assert isinstance(broker, MemoryBroker)
     pages: list[int] = []
@@ -239,10 +240,15 @@ async def test_history_is_read_a_page_at_a_time_and_replayed_whole(hub: Hub) -> 
     async def counted(channel: str, after: Key | None, limit: int | None = None) -> History:
         assert limit is not None, "a replay must read history in pages"
         result = await real(channel, after, limit)
-        pages.append(len(result.events))
+        pages.append(measure(result))
         return result
 
     broker.history = counted  # type: ignore[method-assign]
+    return pages
+
+
+async def test_history_is_read_a_page_at_a_time_and_replayed_whole(hub: Hub) -> None:
+    pages = pages_read(hub, lambda h: len(h.events))
     await publish(hub, "c", *range(300))
     sink = RecordingSink()
     await attach(hub, sink, "c", last_event_id="earliest")
@@ -253,17 +259,7 @@ async def test_history_is_read_a_page_at_a_time_and_replayed_whole(hub: Hub) -> 
 
 
 async def test_replay_pages_hold_about_the_same_bytes_whatever_the_events_size(hub: Hub) -> None:
-    broker = hub.broker
-    assert isinstance(broker, MemoryBroker)
-    pages: list[int] = []
-    real = broker.history
-
-    async def counted(channel: str, after: Key | None, limit: int | None = None) -> History:
-        result = await real(channel, after, limit)
-        pages.append(sum(len(e.frame) for e in result.events))
-        return result
-
-    broker.history = counted  # type: ignore[method-assign]
+    pages = pages_read(hub, lambda h: sum(len(e.frame) for e in h.events))
     await publish(hub, "big", *["x" * 60_000] * 40)
     await publish(hub, "small", *range(900))
     for channel in ("big", "small"):

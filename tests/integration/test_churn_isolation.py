@@ -14,9 +14,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support.client import client, open_stream, publish
@@ -25,21 +23,6 @@ from tests.support.procs import HubProcess, RedisServer, running_hub, wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 _RESET = struct.pack("ii", 1, 0)
-
-
-def metric(hub: HubProcess, name: str) -> float:
-    for line in httpx.get(hub.url + "/metrics").text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "_total "):
-            return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
-
-
-def rss_kb(hub: HubProcess) -> int:
-    assert hub.proc is not None
-    for line in Path(f"/proc/{hub.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def churn(port: int, path: str, stop: threading.Event, opened: list[int]) -> None:
@@ -95,7 +78,7 @@ async def test_a_disconnect_storm_on_one_channel_costs_another_channel_nothing(c
     assert len(opened) > 200, "the storm was too small to mean anything"
     assert "Traceback" not in churn_hub.log()
     # Every reset stream is gone from the hub (none left behind as a ghost).
-    wait_until(lambda: metric(churn_hub, "ssehub_streams") == 0, 10, "streams to be released")
+    wait_until(lambda: churn_hub.metric("ssehub_streams") == 0, 10, "streams to be released")
 
 
 def stalled_resume(port: int, path: str) -> socket.socket:
@@ -127,20 +110,20 @@ async def test_never_reading_resumers_are_bounded_and_cut_and_others_go_on(
             for _ in range(25):  # 400 x 60 KB = 24 MB of history
                 batch = [{"data": {"pad": pad}}] * 16
                 assert (await http.post(f"{hub.url}/channels/big/events", json=batch)).status_code == 202
-            base = rss_kb(hub)
+            base = hub.memory_kb()
             stalled = [stalled_resume(hub.port, "/channels/big/stream") for _ in range(30)]
             try:
                 async with open_stream(http, f"{hub.url}/channels/other/stream") as other:
-                    wait_until(lambda: metric(hub, "ssehub_streams") >= 31, 10, "streams to open")
+                    wait_until(lambda: hub.metric("ssehub_streams") >= 31, 10, "streams to open")
                     peak = base
                     for i in range(10):
                         sent = await publish(http, hub.url, "other", {"i": i})
                         await other.wait_for(i + 1)
                         assert other.events[-1].id == sent
-                        peak = max(peak, rss_kb(hub))
+                        peak = max(peak, hub.memory_kb())
                     # Without pacing each would queue its 24 MB replay: 720 MB in all.
                     assert peak - base < 80_000, f"RSS grew {peak - base} KB"
-                    wait_until(lambda: metric(hub, "ssehub_slow_cut") >= 30, 15, "stalled replays to be cut")
+                    wait_until(lambda: hub.metric("ssehub_slow_cut") >= 30, 15, "stalled replays to be cut")
                     sent = await publish(http, hub.url, "other", "after")
                     assert (await other.wait_for(11))[-1].id == sent
             finally:

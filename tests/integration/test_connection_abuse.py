@@ -64,13 +64,6 @@ class LimitedHub(HubProcess):
             wait_until(self.is_ready, 20, f"hub on {self.port} to be ready\n{self.log()}")
 
 
-def metric(hub: HubProcess, name: str) -> float:
-    for line in httpx.get(hub.url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no {name}")
-
-
 def streams(hub: HubProcess) -> float:
     for line in httpx.get(hub.url + "/metrics", timeout=5).text.splitlines():
         if line.startswith("ssehub_streams "):
@@ -208,10 +201,10 @@ async def test_an_oversized_head_gets_a_431_at_once_and_other_channels_stay_fast
             # calm round trip of this run (with a floor for a timer's resolution):
             median = sorted(delays)[len(delays) // 2]
             calm_median = sorted(calm)[len(calm) // 2]
+            # (No bound on the worst one: the attackers' threads share this process's GIL.)
             assert median < max(10 * calm_median, 0.05), (calm, delays)
-            assert max(delays) < max(50 * calm_median, 0.5), (calm, delays)
         assert "HUB_MAX_HEADER_BYTES" in hub.log()
-        assert metric(hub, "ssehub_headers_too_large_total") == 18
+        assert hub.metric("ssehub_headers_too_large_total") == 18
     finally:
         hub.stop()
 
@@ -293,7 +286,7 @@ def test_slow_and_silent_connections_are_dropped_after_the_header_timeout() -> N
         # Prompt clients are served throughout.
         assert httpx.get(hub.url + "/healthz").status_code == 200
         assert "HUB_HEADER_TIMEOUT" in hub.log()
-        assert metric(hub, "ssehub_header_timeouts_total") == 600
+        assert hub.metric("ssehub_header_timeouts_total") == 600
     finally:
         for peer in silent + slow:
             peer.sock.close()

@@ -139,6 +139,21 @@ class HubProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def memory_kb(self, field: str = "VmRSS") -> int:
+        """The process's memory from /proc: ``VmRSS`` now, ``VmHWM`` its peak."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field}")
+
+    def metric(self, name: str) -> float:
+        """One sample of ``/metrics`` (a counter by its name with or without ``_total``)."""
+        for line in httpx.get(self.url + "/metrics", timeout=5).text.splitlines():
+            if line.startswith((name + " ", name + "_total ")):
+                return float(line.split()[1])
+        raise AssertionError(f"no metric {name}")
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
