@@ -36,6 +36,7 @@ class HubCollector(Collector):
                 ),
                 ("connections_evicted", guard.evicted, "Idle connections closed near the open-file limit"),
                 ("connections_refused", guard.refused, "Connections refused at the open-file limit"),
+                ("invalid_requests", guard.invalid.total, "Requests the HTTP parser refused (400)"),
             ):
                 yield CounterMetricFamily(f"ssehub_{name}", what, value=value)
         hub = self._state.hub

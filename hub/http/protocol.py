@@ -42,6 +42,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from hub.core.throttle import Throttle
 from hub.http.errors import error_body, error_name
 from hub.http.stream import stream_channels_of
 
@@ -83,6 +84,7 @@ class ConnectionGuard:
         self.too_large = 0
         self.evicted = 0
         self.refused = 0
+        self.invalid = Throttle(log)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._period = min(1.0, max(0.05, header_timeout / 4))
@@ -282,7 +284,8 @@ class HubHttpProtocol(HttpToolsProtocol):
             if self.discard is not None:
                 return  # a stream's head: see on_headers_complete
             message = "Invalid HTTP request received."
-            self.logger.warning(message)
+            # A client can send garbage as fast as it likes: one line a minute, counted.
+            self.guard.invalid.hit("invalid HTTP requests received, answered 400")
             self.send_400_response(message)
             return
         if self.phase == _HEAD:

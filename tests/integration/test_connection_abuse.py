@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import random
 import resource
 import signal
 import socket
@@ -316,5 +317,28 @@ async def test_near_the_open_file_limit_idle_connections_make_room_for_real_clie
         assert "the limit (256)" in log
         for sock in idle:
             sock.close()
+    finally:
+        hub.stop()
+
+
+@pytest.mark.anyio
+async def test_garbage_requests_get_400s_and_a_log_line_a_minute_not_one_each() -> None:
+    hub = HubProcess()
+    hub.start()
+    try:
+        rng = random.Random(8)
+        async with client() as http, open_stream(http, f"{hub.url}/channels/calm/stream") as s:
+            for i in range(300):
+                junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+                with connect(hub.port) as sock:
+                    sock.sendall(b"\x00GARBAGE " + junk + b"\r\n\r\n")
+                    answer = read_answer(sock)
+                assert answer.startswith(b"HTTP/1.1 400 "), (i, answer[:100])
+            sent = await publish(http, hub.url, "calm", "still here")
+            assert (await s.wait_for(1))[0].id == sent
+        assert hub.metric("ssehub_invalid_requests_total") == 300
+        log = hub.log()
+        assert log.count("invalid HTTP requests received") <= 2, log[-2000:]
+        assert "Traceback" not in log
     finally:
         hub.stop()
