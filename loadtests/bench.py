@@ -1,8 +1,10 @@
 """Run the ssehub benchmark suite against ssehub, nginx+nchan and a naive FastAPI hub.
 
-    python -m loadtests.bench                 # everything, ~10-15 minutes
-    python -m loadtests.bench --quick         # smaller sizes, ~3-4 minutes
+    python -m loadtests.bench                 # everything, ~15-18 minutes
+    python -m loadtests.bench --quick         # smaller sizes, ~4-5 minutes
     python -m loadtests.bench --systems hub,nchan --scenarios fanout --fanout 100,1000
+    python -m loadtests.bench --systems hub,hub-redis --scenarios fanout,publish \\
+        --fanout 1000 --publish-connections 8 --duration 3 --no-ceiling   # memory vs Redis, ~1 minute
 
 Servers run pinned to core 0 (taskset -c 0), the generator (this process and
 its workers) on core 1.  Results go to loadtests/results/<timestamp>/.
@@ -31,9 +33,10 @@ log = logging.getLogger("loadtests.bench")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SERVER_CORE, GENERATOR_CORE = 0, 1
 ALL_SYSTEMS = ("hub", "hub-redis", "nchan", "naive", "naive-pool")
-ALL_SCENARIOS = ("connections", "fanout", "latency", "channels", "waves")
-# The Redis-broker hub runs the fan-out scenario only (the issue's scope for it).
-SCENARIOS_FOR = {"hub-redis": ("fanout",)}
+ALL_SCENARIOS = ("connections", "fanout", "latency", "channels", "waves", "publish")
+# The Redis-broker hub runs the scenarios that cross the Redis hop on every event (the
+# others would measure the same node code again); compare it with "hub" of the same run.
+SCENARIOS_FOR = {"hub-redis": ("fanout", "publish")}
 
 FACTORIES: dict[str, Callable[[int | None], Server]] = {
     "hub": lambda core: HubServer(core),
@@ -63,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="publishing seconds per measurement")
     p.add_argument("--wave-size", type=int)
     p.add_argument("--waves", type=int)
+    p.add_argument("--publish-connections", type=_ints, help="publishing connection counts, e.g. 8,32")
     p.add_argument("--no-ceiling", action="store_true", help="skip measuring the generator's own ceiling")
     p.add_argument("--no-pin", action="store_true", help="do not pin server/generator to cores 0/1")
     p.add_argument("--out", type=Path, help="output directory (default results/<timestamp>)")
@@ -82,6 +86,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         sizes.wave_size = args.wave_size
     if args.waves:
         sizes.waves = args.waves
+    if args.publish_connections:
+        sizes.publish_connections = args.publish_connections
     return sizes
 
 
@@ -99,6 +105,11 @@ def run_scenario(name: str, server: Server, pool: GeneratorPool, sizes: Sizes) -
         return scenarios.channels(server, pool, sizes.channel_subscribers, sizes.channels, sizes.duration_s)
     if name == "waves":
         return scenarios.waves(server, pool, sizes.wave_size, sizes.waves)
+    if name == "publish":
+        return [
+            scenarios.publish(server, n, sizes.publish_channels, sizes.duration_s)
+            for n in sizes.publish_connections
+        ]
     raise ValueError(name)
 
 

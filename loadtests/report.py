@@ -10,7 +10,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 HUB = "hub"
-PEERS = ("nchan", "naive", "naive-pool")
+# The ratio columns, numerator/denominator: the hub against each peer, and what the
+# Redis hop costs the hub (hub-redis/hub).
+RATIOS = (("hub", "nchan"), ("hub", "naive"), ("hub", "naive-pool"), ("hub-redis", "hub"))
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -68,6 +70,8 @@ def metric_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     for key in ("deliveries_per_s", "delivered_fraction", "p50_ms", "p99_ms"):
         add(f"channels: {key}", "channels", key)
     add("waves: RSS growth last vs first", "waves", "last_vs_first_after_growth")
+    for n in _sizes(systems, "publish", "connections"):
+        add(f"publish {n} connections: publishes/s", "publish", "publishes_per_s", ("connections", n))
     return rows
 
 
@@ -76,20 +80,16 @@ def _sizes(systems: dict[str, Any], scenario: str, key: str) -> list[int]:
     return sorted(sizes)
 
 
-def _hub_value(vals: dict[str, Any]) -> Any:
-    return vals.get(HUB)
-
-
 def markdown(results: dict[str, Any]) -> str:
     """The results.md text."""
     systems = list(results["systems"])
-    head = ["metric", *systems, *(f"hub/{p}" for p in PEERS)]
+    ratios = [(a, b) for a, b in RATIOS if a in systems and b in systems]
+    head = ["metric", *systems, *(f"{a}/{b}" for a, b in ratios)]
     lines = [f"# ssehub benchmark {results['started']}", "", _machine_md(results), ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, vals in metric_rows(results):
-        hub = _hub_value(vals)
         cells = [label, *(_fmt(vals.get(s)) for s in systems)]
-        cells += ["" if _no_ratio(label) else _ratio(hub, vals.get(p)) for p in PEERS]
+        cells += ["" if _no_ratio(label) else _ratio(vals.get(a), vals.get(b)) for a, b in ratios]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", _ceiling_md(results), "", _errors_md(results)]
     return "\n".join(lines) + "\n"
@@ -122,14 +122,11 @@ def summary_lines(results: dict[str, Any]) -> list[str]:
     """The ratios printed at the end of a run."""
     out = []
     for label, vals in metric_rows(results):
-        hub = _hub_value(vals)
+        hub = vals.get(HUB)
         if hub is None:
             continue
-        ratios = (
-            ""
-            if _no_ratio(label)
-            else ", ".join(f"hub/{p} {_ratio(hub, vals.get(p))}" for p in PEERS if p in vals)
-        )
+        pairs = [] if _no_ratio(label) else [(a, b) for a, b in RATIOS if a in vals and b in vals]
+        ratios = ", ".join(f"{a}/{b} {_ratio(vals[a], vals[b])}" for a, b in pairs)
         out.append(f"{label}: hub {_fmt(hub)}" + (f" ({ratios})" if ratios else ""))
     return out
 

@@ -1,4 +1,4 @@
-"""The benchmark scenarios.  Each takes a started server and a generator pool.
+"""The benchmark scenarios.  Each takes a started server and, if it holds streams, the generator pool.
 
 All loops are bounded: publishing stops after a fixed duration, connecting has
 a deadline, draining waits at most DRAIN_MAX_S.
@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadtests.gen.pool import GeneratorPool
-from loadtests.gen.publisher import PublishResult, publish_closed_loop, publish_rate, run_async
+from loadtests.gen.publisher import (
+    PublishResult,
+    publish_closed_loop,
+    publish_rate,
+    publish_unpaced,
+    run_async,
+)
 from loadtests.gen.stats import latency_summary
 from loadtests.servers import Server
 
@@ -40,12 +46,14 @@ class Sizes:
     channels: int = 1_000
     wave_size: int = 10_000
     waves: int = 5
+    publish_connections: tuple[int, ...] = (8, 32)
+    publish_channels: int = 1_000
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
             connections=(1_000, 5_000), fanout=(100, 1_000), duration_s=3.0, latency_subscribers=500,
-            channel_subscribers=2_000, channels=200, wave_size=2_000, waves=3,
+            channel_subscribers=2_000, channels=200, wave_size=2_000, waves=3, publish_connections=(8,),
         )  # fmt: skip
 
 
@@ -192,6 +200,28 @@ def channels(
         round(per_channel),
     )
     return {"subscribers": subscribers, "channels": n_channels, "held": conn["held"], **result}
+
+
+def publish(server: Server, connections: int, n_channels: int, duration: float) -> dict[str, Any]:
+    """No subscribers: `connections` publishers POST back to back, in turn over many channels.
+
+    Measures the publish path alone (parse, validate, broker, 202), not fan-out.  The
+    publisher runs in this process: ``publisher_cpu_busy`` near 1.0 means it, not the
+    server, set the rate.
+    """
+    prefix = _unique("pub")
+    names = [f"{prefix}x{i}" for i in range(n_channels)]
+    cpu0 = time.process_time()
+    pub = run_async(lambda: publish_unpaced(server.target(), names, duration, connections))
+    assert isinstance(pub, PublishResult)
+    cpu = time.process_time() - cpu0
+    return {
+        "connections": connections,
+        "channels": n_channels,
+        "publish": pub.as_dict(),
+        "publishes_per_s": round(pub.accepted / pub.elapsed_s) if pub.elapsed_s else 0,
+        "publisher_cpu_busy": round(cpu / pub.elapsed_s, 2) if pub.elapsed_s else None,
+    }
 
 
 def waves(server: Server, pool: GeneratorPool, size: int, n_waves: int) -> dict[str, Any]:

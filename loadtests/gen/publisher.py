@@ -1,17 +1,19 @@
 """Keep-alive HTTP/1.1 publisher on raw asyncio protocols.
 
-Two drivers:
+Three drivers:
   * publish_rate        -- open loop, a fixed events/s schedule (latency scenario).
   * publish_closed_loop -- keeps at most `window` events in flight beyond what the
     subscribers have received on average, so the rate settles at what the system
     sustains (fan-out and channel scenarios).
+  * publish_unpaced     -- each connection sends its next event as soon as the last
+    one is answered; needs no subscribers (publish scenario).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -224,6 +226,14 @@ async def publish_closed_loop(
     return pub.result
 
 
+async def publish_unpaced(
+    target: Target, channels: list[str], duration: float, conns: int = 8
+) -> PublishResult:
+    """Back to back for `duration` seconds: each of `conns` keep-alive connections
+    sends its next event (to the next channel in turn) once the last one is answered."""
+    return await publish_closed_loop(target, channels, duration, math.inf, 1.0, lambda: 0, conns)
+
+
 def run_async(coro_factory: Callable[[], object]) -> object:
     """Run a coroutine on uvloop if available (publisher side of the coordinator)."""
     try:
@@ -232,8 +242,3 @@ def run_async(coro_factory: Callable[[], object]) -> object:
         return uvloop.run(coro_factory())  # type: ignore[arg-type]
     except ImportError:
         return asyncio.run(coro_factory())  # type: ignore[arg-type]
-
-
-def wall_clock_ns() -> int:
-    """The clock the payload timestamps use (same across processes)."""
-    return time.time_ns()

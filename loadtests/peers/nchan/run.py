@@ -49,9 +49,10 @@ class NchanServer(Server):
     def __init__(
         self, core: int | None = 0, port: int | None = None, worker_connections: int = 30000
     ) -> None:
-        # nchan uses connection slots beyond the client sockets: with 19,800 slots nginx
-        # "reused connections" (dropped streams) at ~18,560 streams.  The fd limit
-        # (20,000) is the real cap; nginx only warns that the slots exceed it.
+        # nchan uses connection slots beyond the client sockets, so with slots just under
+        # the fd limit nginx reuses connections (drops streams) before it reaches that
+        # limit.  The slots are set above it: the fd limit is then the real cap, and nginx
+        # only warns that the slots exceed it.
         super().__init__(core, port)
         self.worker_connections = worker_connections
 
