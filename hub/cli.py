@@ -3,30 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
+import shlex
 import sys
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
-from hub.settings import Settings, unknown_variables
+from hub.settings import Settings, default_text, env_var, flag, unknown_variables
 
 log = logging.getLogger("hub.cli")
 
 DEFAULT_URL = os.environ.get("HUB_URL", "http://127.0.0.1:8000")
 
+# The distribution's name: [project] name in pyproject.toml.
+PACKAGE = "ssehub"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssehub", description="Server-Sent Events fan-out hub")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the hub (settings: HUB_* env vars; flags win)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--redis-url", help="redis://host:port/db; unset: the in-memory broker")
-    serve.add_argument("--workers", type=int)
-    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug", "trace"])
+    serve = sub.add_parser(
+        "serve",
+        help="run the hub (settings: HUB_* env vars; flags win)",
+        description="Run the hub. Every setting is a flag and a HUB_* environment variable; a flag"
+        " given wins over its variable. A HUB_* variable that no setting reads is refused.",
+    )
+    _add_setting_flags(serve)
 
     pub = sub.add_parser("publish", help="publish one event")
     pub.add_argument("channel")
@@ -49,25 +67,22 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
+        # Only the flags actually given: the others leave their variable or default alone.
         overrides = {
-            k: v
-            for k, v in {
-                "host": args.host,
-                "port": args.port,
-                "redis_url": args.redis_url,
-                "workers": args.workers,
-                "log_level": args.log_level,
-            }.items()
-            if v is not None
+            name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None
         }
         unknown = unknown_variables(os.environ)
         if unknown:
-            print(f"ssehub: unknown setting(s) {', '.join(unknown)}; see README, Settings", file=sys.stderr)
+            print(
+                f"ssehub: unknown setting(s) {', '.join(unknown)}; see ssehub serve --help",
+                file=sys.stderr,
+            )
             return 2
         try:
             settings = Settings(**overrides)
         except ValidationError as exc:
-            print(f"ssehub: bad setting:\n{_explain(exc)}", file=sys.stderr)
+            for line in _explain(exc, overrides, os.environ):
+                print(line, file=sys.stderr)
             return 2
         from hub.server import serve
 
@@ -80,14 +95,73 @@ def main(argv: Sequence[str] | None = None) -> int:
     return client.tail_command(args.url, args.channels, args.last_event_id, args.raw, args.count, args.token)
 
 
-def _explain(exc: ValidationError) -> str:
+def _add_setting_flags(serve: argparse.ArgumentParser) -> None:
+    """A flag for every setting, its help generated from the field: the settings reference.
+
+    A flag's value stays text here: pydantic converts and checks it against the field's
+    annotation and bounds, exactly as it does the environment variable's, so both get
+    the same rules and the same one-line error.
+    """
+    group = serve.add_argument_group(
+        "settings", "each flag also has its HUB_* environment variable; the flag wins"
+    )
+    for name, field in Settings.model_fields.items():
+        meaning = (field.description or "").replace("%", "%%")
+        group.add_argument(
+            flag(name),
+            dest=name,
+            metavar=_metavar(field.annotation),
+            help=f"{meaning} [{env_var(name)}; default: {default_text(name).replace('%', '%%')}]",
+        )
+
+
+def _metavar(annotation: Any) -> str:
+    """``INT``, ``NUMBER``, ``TEXT``, or a Literal's choices, from a field's annotation."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(kinds) == 1:
+            return _metavar(kinds[0])
+    if typing.get_origin(annotation) is typing.Literal:
+        return "{" + ",".join(str(choice) for choice in typing.get_args(annotation)) + "}"
+    names = {int: "INT", float: "NUMBER", str: "TEXT"}
+    if annotation in names:
+        return names[annotation]
+    raise TypeError(f"no flag for a setting of type {annotation!r}")
+
+
+def _explain(exc: ValidationError, overrides: Mapping[str, str], environ: Mapping[str, str]) -> list[str]:
+    """One line per bad value, naming what the user set: ``--port x`` or ``HUB_PORT=x``."""
     lines = []
     for err in exc.errors():
-        name = ".".join(str(p) for p in err["loc"])
-        lines.append(
-            f"  HUB_{name.upper()} (--{name.replace('_', '-')}): {err['msg']} (got {err.get('input')!r})"
-        )
-    return "\n".join(lines)
+        name = str(err["loc"][0]) if err["loc"] else ""
+        if name in overrides:
+            where = f"{flag(name)} {_shown(overrides[name])}"
+        elif name in Settings.model_fields:
+            key = _environ_key(environ, env_var(name))
+            where = f"{key}={_shown(environ[key])}" if key is not None else env_var(name)
+        else:
+            where = "bad setting"
+        lines.append(f"ssehub: {where}: {_message(err)}")
+    return lines
+
+
+def _environ_key(environ: Mapping[str, str], var: str) -> str | None:
+    """The variable as spelt in the environment (pydantic-settings ignores case)."""
+    if var in environ:
+        return var
+    return next((k for k in environ if k.upper() == var), None)
+
+
+def _message(err: ErrorDetails) -> str:
+    ctx = err.get("ctx") or {}
+    # A validator's ValueError: its own words, without pydantic's "Value error, ".
+    msg = str(ctx["error"]) if err["type"] == "value_error" and "error" in ctx else err["msg"]
+    return " ".join(msg.split())
+
+
+def _shown(value: str) -> str:
+    """A value as the user would type it in a shell, always on one line."""
+    return shlex.quote(value) if value.isprintable() else repr(value)
 
 
 if __name__ == "__main__":

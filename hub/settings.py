@@ -1,53 +1,104 @@
 """All configuration, in one place: ``HUB_*`` environment variables, flags win.
 
 ``Settings()`` reads the environment; the CLI passes its flags as keyword
-arguments, which take precedence. A bad value raises
-:class:`pydantic.ValidationError`, which the CLI turns into a clear message.
+arguments, which take precedence. Every field is one setting: its name gives
+its variable (:func:`env_var`) and its ``ssehub serve`` flag (:func:`flag`),
+its annotation and bounds its type, its ``description`` its meaning, which
+``ssehub serve --help`` prints (the README's table is tested against it).
+A bad value raises :class:`pydantic.ValidationError`, which the CLI turns into
+a one-line message naming the variable or flag it came from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
 
 class Settings(BaseSettings):
+    """Every setting of the hub. Each field's ``description`` is its documentation:
+    ``ssehub serve --help`` shows it, and the README's Settings table is tested against it."""
+
     model_config = SettingsConfigDict(env_prefix="HUB_", extra="forbid", frozen=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    redis_url: str | None = Field(None, description="unset: the embedded in-memory broker")
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(8000, ge=0, le=65535, description="listen port (0: any free port)")
+    redis_url: str | None = Field(
+        None,
+        description="unset: the embedded in-memory broker;"
+        " redis://host:port/db (or rediss://, unix://): the Redis broker",
+    )
     # No ":": it separates the prefix from the channel in every key (see _redis_prefix).
-    redis_prefix: str = Field("hub", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    redis_pool_size: int = Field(32, ge=1, le=10_000, description="command connections per process")
-    redis_timeout: float = Field(5.0, gt=0, le=300, description="seconds to wait for a connection or reply")
-    workers: int = Field(1, ge=1, le=256)
-    log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug|trace)$")
+    redis_prefix: str = Field(
+        "hub",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="prefix of the Redis keys and pub/sub channels; no colon",
+    )
+    redis_pool_size: int = Field(
+        32,
+        ge=1,
+        le=10_000,
+        description="Redis command connections per process; a burst of publishes queues for one",
+    )
+    redis_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="seconds a publish waits for a Redis connection or reply before a 503",
+    )
+    workers: int = Field(1, ge=1, le=256, description="worker processes on one port (Redis broker only)")
+    log_level: LogLevel = Field("info", description="log level; debug and trace also log every request")
 
-    heartbeat_seconds: float = Field(15.0, gt=0, le=3600)
-    retry_ms: int = Field(3000, ge=0, le=86_400_000)
-    history_size: int = Field(1000, ge=1, le=1_000_000)
-    max_event_bytes: int = Field(65536, ge=1, le=64 << 20)
-    max_body_bytes: int = Field(1 << 20, ge=1, le=256 << 20)
-    max_channels_per_stream: int = Field(32, ge=1, le=1024)
-    max_pending_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)
+    heartbeat_seconds: float = Field(
+        15.0, gt=0, le=3600, description="a stream idle this long gets a comment line"
+    )
+    retry_ms: int = Field(
+        3000, ge=0, le=86_400_000, description="the retry: (reconnect delay, ms) sent first on every stream"
+    )
+    history_size: int = Field(1000, ge=1, le=1_000_000, description="events kept per channel for replay")
+    max_event_bytes: int = Field(
+        65536, ge=1, le=64 << 20, description="bytes of one event's data on the wire; past it 413"
+    )
+    max_body_bytes: int = Field(
+        1 << 20, ge=1, le=256 << 20, description="bytes of one publish request body; past it 413"
+    )
+    max_channels_per_stream: int = Field(32, ge=1, le=1024, description="channels on one /stream")
+    max_pending_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        le=1 << 30,
+        description="bytes a subscriber may fall behind before it is cut",
+    )
     stall_seconds: float = Field(
         30.0,
         gt=0,
         le=3600,
         description="a stream whose socket takes nothing this long while its replay waits is cut as slow",
     )
-    max_connections: int = Field(10_000, ge=1, le=10_000_000)
-    shutdown_seconds: float = Field(10.0, ge=0, le=3600)
+    max_connections: int = Field(
+        10_000, ge=1, le=10_000_000, description="streams per process; more are refused"
+    )
+    shutdown_seconds: float = Field(
+        10.0, ge=0, le=3600, description="seconds a drain waits for in-flight requests"
+    )
     max_header_bytes: int = Field(
-        65536, ge=1024, le=16 << 20, description="request line and headers; past it 414 or 431"
+        65536,
+        ge=1024,
+        le=16 << 20,
+        description="bytes of a request's line and headers; past it 414 (URL) or 431 (headers)",
     )
     header_timeout: float = Field(
         10.0, gt=0, le=3600, description="seconds a client has to send a whole request head"
     )
-    cors_origins: str = Field("*", description="comma-separated origins for CORS, '*' for any, '' for none")
+    cors_origins: str = Field(
+        "*",
+        description="comma-separated allowed origins, * for any, empty for no CORS headers",
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -79,7 +130,27 @@ class Settings(BaseSettings):
 CLIENT_VARIABLES = frozenset({"HUB_URL", "HUB_TOKEN"})
 
 
+def env_var(name: str) -> str:
+    """The environment variable of setting ``name``: ``HUB_MAX_PENDING_BYTES``."""
+    return f"{Settings.model_config['env_prefix']}{name.upper()}"
+
+
+def flag(name: str) -> str:
+    """The ``ssehub serve`` flag of setting ``name``: ``--max-pending-bytes``."""
+    return "--" + name.replace("_", "-")
+
+
+def default_text(name: str) -> str:
+    """Setting ``name``'s default as people read it: ``unset`` for None, ``5`` for 5.0."""
+    value: Any = Settings.model_fields[name].get_default(call_default_factory=True)
+    if value is None:
+        return "unset"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """``HUB_*`` names that no setting reads: most likely typos, worth refusing."""
-    known = {f"HUB_{name.upper()}" for name in Settings.model_fields} | CLIENT_VARIABLES
+    known = {env_var(name) for name in Settings.model_fields} | CLIENT_VARIABLES
     return sorted(k for k in environ if k.startswith("HUB_") and k not in known)

@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import logging
 import resource
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from hub.server import raise_nofile_limit
-from hub.settings import Settings, unknown_variables
+from hub.settings import Settings, default_text, env_var, flag, unknown_variables
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_env_is_read_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,3 +65,56 @@ def test_nofile_limit_is_raised_to_the_hard_limit_and_a_shortfall_warned(
         assert "HUB_MAX_CONNECTIONS" in caplog.text
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_every_setting_is_described() -> None:
+    for name, field in Settings.model_fields.items():
+        assert field.description, name
+        assert "|" not in field.description, name  # it is a cell of the README's table
+
+
+def test_names_and_defaults_as_people_read_them() -> None:
+    assert (env_var("max_pending_bytes"), flag("max_pending_bytes")) == (
+        "HUB_MAX_PENDING_BYTES",
+        "--max-pending-bytes",
+    )
+    assert default_text("redis_url") == "unset"
+    assert default_text("redis_timeout") == "5"
+    assert default_text("max_body_bytes") == "1048576"
+    assert default_text("cors_origins") == "*"
+    assert default_text("log_level") == "info"
+
+
+def readme_settings_table() -> list[list[str]]:
+    """The rows of the first table under README.md's "## Settings", one list of cells each."""
+    section = README.read_text(encoding="utf-8").split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        assert line.endswith("|"), line
+        table.append([cell.strip() for cell in line[1:-1].split("|")])
+    header, rule, *rows = table
+    assert header == ["variable", "flag", "default", "meaning"]
+    assert all(set(cell) <= {"-", ":"} for cell in rule)
+    return rows
+
+
+def test_readme_settings_table_is_exactly_the_settings() -> None:
+    """Every setting, in order, with its variable, flag, default and meaning; nothing else."""
+    rows = readme_settings_table()
+    assert all(len(row) == 4 for row in rows), rows
+    variable, flag_, default, meaning = (list(column) for column in zip(*rows, strict=True))
+    names = list(Settings.model_fields)
+    assert variable == [f"`HUB_{name.upper()}`" for name in names]
+    assert flag_ == [f"`--{name.replace('_', '-')}`" for name in names]
+    # A default is code (`1048576`), but for "unset".
+    assert default == [
+        "unset" if default_text(name) == "unset" else f"`{default_text(name)}`" for name in names
+    ]
+    # The meaning is the field's description; the README may set parts of it as code.
+    assert [cell.replace("`", "") for cell in meaning] == [
+        Settings.model_fields[name].description for name in names
+    ]
