@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from hub.brokers.base import Broker, ChannelStats, Deliver
+from hub.core.broker import Broker, ChannelStats, Deliver
 from hub.core.event import Event, Payload
 from hub.core.ids import ZERO, IdClock, Key, format_id
 from hub.core.ring import History, ReplayRing

@@ -49,7 +49,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from hub.brokers.base import Broker, BrokerUnavailable, ChannelStats, Deliver
 from hub.brokers.redis_batch import ScriptBatcher
 from hub.brokers.redis_codec import (
     DEFAULT_LIMITS,
@@ -67,6 +66,7 @@ from hub.brokers.redis_codec import (
     topic,
 )
 from hub.brokers.redis_listener import PubSubListener
+from hub.core.broker import Broker, BrokerUnavailable, ChannelStats, Deliver
 from hub.core.event import Event, Payload
 from hub.core.ids import ZERO, Key, format_id
 from hub.core.ring import History, ReplayRing

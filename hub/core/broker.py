@@ -1,4 +1,9 @@
-"""The broker interface: where events are published, numbered, kept and heard.
+"""The broker port: what the fan-out core needs from a broker, owned by the core.
+
+Brokers (:mod:`hub.brokers.memory`, :mod:`hub.brokers.redis`) implement it;
+the composition root (:func:`hub.http.app.broker_for`) picks one by URL.
+
+A broker is where events are published, numbered, kept and heard.
 
 A broker gives every published event its id, keeps each channel's history,
 and tells the process about events of the channels it has subscribed to,
@@ -15,6 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from hub.core.event import Event, Payload
 from hub.core.ids import Key
@@ -34,7 +40,15 @@ class ChannelStats:
 
 
 class Broker(ABC):
-    """One per process. Subclasses: :mod:`hub.brokers.memory`, :mod:`hub.brokers.redis`."""
+    """One per process. Subclasses: :mod:`hub.brokers.memory`, :mod:`hub.brokers.redis`.
+
+    Started and stopped around its use, e.g. by :class:`hub.core.hub.Hub`::
+
+        broker = MemoryBroker(history_size=1000)
+        await broker.start(hub.dispatch)
+        ids = await broker.publish("orders", [Payload("json", '{"id": 42}')])
+        await broker.stop()
+    """
 
     name: str = "broker"
 
@@ -81,6 +95,10 @@ class Broker(ABC):
     def ready(self) -> bool:
         """True while publishes and subscriptions can be served."""
 
-    def stats(self) -> dict[str, ChannelStats]:
-        """History this process holds in memory, per channel."""
-        return {}
+
+@runtime_checkable
+class KeepsStats(Protocol):
+    """An optional capability (not every broker has it): what history this
+    process holds in memory, per channel (``GET /channels`` shows it)."""
+
+    def stats(self) -> dict[str, ChannelStats]: ...

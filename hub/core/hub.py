@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from hub import sse
-from hub.brokers.base import Broker
+from hub.core.broker import Broker
 from hub.core.event import Event
 from hub.core.ids import ZERO, Key, format_id
 from hub.core.subscriber import NO_EVENTS, Batch, Resume, SinkClosed, Subscriber

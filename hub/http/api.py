@@ -13,10 +13,11 @@ import orjson
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from hub.brokers.base import BrokerUnavailable
+from hub.core.broker import BrokerUnavailable, KeepsStats
+from hub.core.hub import Hub
 from hub.http.errors import HeadResponse, json_error
 from hub.http.metrics import make_registry, render
-from hub.http.raw import StreamState
+from hub.http.raw import AppState
 
 Endpoint = Callable[[], Awaitable[Response]]
 
@@ -25,7 +26,7 @@ def as_json(value: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(value), status, media_type="application/json")
 
 
-def make_router(state: StreamState) -> APIRouter:
+def make_router(state: AppState) -> APIRouter:
     router = APIRouter()
 
     def get(path: str) -> Callable[[Endpoint], Endpoint]:
@@ -51,7 +52,7 @@ def make_router(state: StreamState) -> APIRouter:
 
         return register
 
-    def hub_of() -> Any:
+    def hub_of() -> Hub:
         if state.hub is None:
             raise BrokerUnavailable("the hub is not running")
         return state.hub
@@ -61,7 +62,7 @@ def make_router(state: StreamState) -> APIRouter:
         """Channels with subscribers or history on this node."""
         hub = hub_of()
         counts = hub.channel_counts()
-        stats = hub.broker.stats()
+        stats = hub.broker.stats() if isinstance(hub.broker, KeepsStats) else {}
         out = []
         for name in sorted(counts.keys() | stats.keys()):
             st = stats.get(name)

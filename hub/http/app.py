@@ -1,7 +1,8 @@
-"""The ASGI application: streams in front, FastAPI for the rest, one hub.
+"""The ASGI application and the composition root: the one place that picks a
+broker (by URL), builds the hub, and puts the raw routes (streams, publishes)
+in front of FastAPI (everything else), all tied to the ASGI lifespan.
 
-``create_app(settings)`` builds the broker (by URL scheme), the hub and both
-halves, and ties their life to the ASGI lifespan.
+    app = create_app(Settings())   # uvicorn runs it (hub.server)
 """
 
 from __future__ import annotations
@@ -14,31 +15,67 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from hub.brokers import broker_for
+from hub.brokers.memory import MemoryBroker
+from hub.core.broker import Broker
 from hub.core.hub import Hub
 from hub.housekeeping import trim_after_closes
 from hub.http import errors
 from hub.http.api import make_router
-from hub.http.publish import PublishEndpoint, publish_channel_of
-from hub.http.raw import StreamState
-from hub.http.stream import StreamEndpoint, stream_channels_of
-from hub.http.types import Receive, Scope, Send
+from hub.http.publish import PublishEndpoint
+from hub.http.raw import AppState, cors_headers, origin_of
+from hub.http.routes import Route, Router, channel_events, channel_stream, multi_stream
+from hub.http.stream import StreamEndpoint
+from hub.inputs import Limits
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class HubApp:
-    """The ASGI callable uvicorn runs."""
+def broker_for(settings: Settings) -> Broker:
+    """No URL: the in-memory broker; ``redis://``: the Redis broker (imported only then)."""
+    if settings.redis_url is None:
+        return MemoryBroker(history_size=settings.history_size)
+    from hub.brokers.redis import RedisBroker
+
+    return RedisBroker(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        history_size=settings.history_size,
+        pool_size=settings.redis_pool_size,
+        command_timeout=settings.redis_timeout,
+        # What comes from Redis is checked exactly as an HTTP publish is.
+        limits=Limits(settings.max_event_bytes, settings.max_body_bytes, settings.max_channels_per_stream),
+    )
+
+
+class HubApp(Router):
+    """The ASGI callable uvicorn runs: the raw routes in front of FastAPI (being the
+    router itself saves a coroutine call per request on the hot paths)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.state = StreamState()
-        self.hub: Hub | None = None
+        self.state = AppState()
         self._trimmer: asyncio.Task[None] | None = None
         self.streams = StreamEndpoint(settings, self.state)
         self.publish = PublishEndpoint(settings, self.state)
         self.api = self._build_api()
+        origins = settings.cors_origin_list
+        stream_methods = {"GET", "HEAD"}
+        super().__init__(
+            [
+                # Publishes first: a stream is one request for a long time, publishes keep coming.
+                Route("publish", channel_events, {"POST"}, self.publish, "events are published with POST"),
+                Route("stream", channel_stream, stream_methods, self.streams, "streams are read with GET"),
+                Route("stream", multi_stream, stream_methods, self.streams, "streams are read with GET"),
+            ],
+            fallback=self.api,
+            cors=lambda scope: cors_headers(origins, origin_of(scope)),
+            requests=self.state.requests,
+        )
+
+    @property
+    def hub(self) -> Hub | None:
+        return self.state.hub
 
     def _build_api(self) -> FastAPI:
         @asynccontextmanager
@@ -72,7 +109,7 @@ class HubApp:
             stall_seconds=s.stall_seconds,
         )
         await hub.start()
-        self.hub = self.state.hub = hub
+        self.state.hub = hub
         self._trimmer = asyncio.create_task(trim_after_closes(lambda: hub.stats.streams_closed))
         log.info("hub started with the %s broker", broker.name)
 
@@ -94,29 +131,8 @@ class HubApp:
             self._trimmer.cancel()
             await asyncio.gather(self._trimmer, return_exceptions=True)
         await self.hub.stop()
-        self.hub = self.state.hub = None
+        self.state.hub = None
         log.info("hub stopped")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Streams and publishes, the two hot paths, bypass FastAPI; CORS preflights
-        # go to its CORS middleware like everything else.
-        if scope["type"] == "http" and not _is_preflight(scope):
-            path = scope["path"]
-            route = stream_channels_of(path)
-            if route is not None:
-                await self.streams(scope, receive, send, *route)
-                return
-            channel = publish_channel_of(path)
-            if channel is not None:
-                await self.publish(scope, receive, send, channel)
-                return
-        await self.api(scope, receive, send)
-
-
-def _is_preflight(scope: Scope) -> bool:
-    return scope["method"] == "OPTIONS" and any(
-        key.lower() == b"access-control-request-method" for key, _ in scope["headers"]
-    )
 
 
 def create_app(settings: Settings | None = None) -> HubApp:

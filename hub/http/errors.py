@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from hub.brokers.base import BrokerUnavailable
+from hub.core.broker import BrokerUnavailable
 from hub.http.types import Send
 from hub.inputs import InputError
 

@@ -12,11 +12,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hub.http.raw import StreamState
+from hub.http.raw import AppState
 
 
 class HubCollector(Collector):
-    def __init__(self, state: StreamState) -> None:
+    def __init__(self, state: AppState) -> None:
         self._state = state
 
     def collect(self) -> Iterator[Metric]:
@@ -39,6 +39,12 @@ class HubCollector(Collector):
                 ("invalid_requests", guard.invalid.total, "Requests the HTTP parser refused (400)"),
             ):
                 yield CounterMetricFamily(f"ssehub_{name}", what, value=value)
+        requests = CounterMetricFamily(
+            "ssehub_requests", "Requests the stream and publish routes took", labels=["route"]
+        )
+        for route, count in self._state.requests.items():
+            requests.add_metric([route], count)
+        yield requests
         hub = self._state.hub
         if hub is None:
             return
@@ -68,7 +74,7 @@ class HubCollector(Collector):
             )
 
 
-def make_registry(state: StreamState) -> CollectorRegistry:
+def make_registry(state: AppState) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HubCollector(state))
     return registry

@@ -44,7 +44,7 @@ from uvicorn.server import ServerState
 
 from hub.core.throttle import Throttle
 from hub.http.errors import error_body, error_name
-from hub.http.stream import stream_channels_of
+from hub.http.routes import is_stream
 
 log = logging.getLogger(__name__)
 
@@ -293,17 +293,19 @@ class HubHttpProtocol(HttpToolsProtocol):
             # and none completed meanwhile; otherwise where it began is unknown, and it is
             # counted from the next read (so the parser holds at most one read more).
             self.head_bytes = known + len(data) if self.head_bytes < 0 and phase != _BODY else 0
+            guard = self.guard
+            if self not in guard.waiting:  # its clock starts with its first bytes
+                guard.waiting[self] = time.monotonic()
+                guard.arm()
 
     # Parser callbacks
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.phase = _HEAD
-        guard = self.guard
-        if self not in guard.waiting:
-            guard.waiting[self] = time.monotonic()
-            guard.arm()
-        guard.idle.pop(self, None)
+        # A head that completes within this read never waits: data_received puts
+        # the connection on the head clock only if the head is still incomplete.
+        self.guard.idle.pop(self, None)
 
     def on_headers_complete(self) -> None:
         self.phase = _BODY
@@ -318,7 +320,7 @@ class HubHttpProtocol(HttpToolsProtocol):
             self.earlier = [c for c in (self.earlier or ()) if not c.response_complete]
             self.earlier.append(earlier)
         scope = self.scope
-        if scope["method"] == "GET" and stream_channels_of(scope["path"]) is not None:
+        if is_stream(scope["method"], scope["path"]):
             # A stream: nothing after it on this connection is a request, and the
             # connection ends with its response (see on_response_complete).
             self.discard = self.guard.max_head_bytes

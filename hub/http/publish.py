@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from hub.brokers.base import BrokerUnavailable
+from hub.core.broker import BrokerUnavailable
 from hub.http.errors import broker_unavailable, send_json_error
 from hub.http.raw import RawEndpoint
 from hub.http.types import Receive, Scope, Send
@@ -23,28 +23,14 @@ from hub.inputs import InputError, check_channel, parse_publish
 
 log = logging.getLogger(__name__)
 
-_PREFIX = "/channels/"
-_SUFFIX = "/events"
-
-
-def publish_channel_of(path: str) -> str | None:
-    """The channel of a publish path, else None (the path is FastAPI's).
-
-    Whatever sits between the prefix and the suffix is the channel, even when it
-    is empty or holds a ``/``: the endpoint refuses it as ``bad_channel`` (400),
-    which says more than FastAPI's 404.
-    """
-    if path.startswith(_PREFIX) and path.endswith(_SUFFIX) and len(path) >= len(_PREFIX) + len(_SUFFIX):
-        return path[len(_PREFIX) : -len(_SUFFIX)]
-    return None
-
 
 class _ClientGone(Exception):
     """The client disconnected before its body was read: nothing to answer."""
 
 
 class PublishEndpoint(RawEndpoint):
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, channel: str) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        channel: str = scope["path_params"]["channel"]
         origin: str | None = None
         content_type: str | None = None
         declared: str | None = None
@@ -58,8 +44,6 @@ class PublishEndpoint(RawEndpoint):
                 origin = value.decode("latin-1")
         cors = self.cors(origin)
         try:
-            if scope["method"] != "POST":
-                raise InputError(405, "method_not_allowed", "events are published with POST")
             check_channel(channel)
             hub = self.state.hub
             if hub is None:
@@ -71,8 +55,7 @@ class PublishEndpoint(RawEndpoint):
                 raise BrokerUnavailable(f"{hub.broker.name} broker is not connected")
             ids = await hub.broker.publish(channel, payloads)
         except InputError as exc:
-            extra = [(b"allow", b"POST")] if exc.status == 405 else []
-            await send_json_error(send, exc.status, exc.error, exc.detail, [*extra, *cors])
+            await send_json_error(send, exc.status, exc.error, exc.detail, cors)
             return
         except BrokerUnavailable as exc:
             status, error, detail, headers = broker_unavailable(exc)

@@ -1,4 +1,4 @@
-"""What the raw ASGI endpoints share: the process state they read, limits, CORS.
+"""What the raw ASGI endpoints share: the app's state, limits, CORS.
 
 Streams (:mod:`hub.http.stream`) and publishes (:mod:`hub.http.publish`) are
 the two hot paths, served in front of FastAPI. FastAPI's ``CORSMiddleware``
@@ -8,10 +8,11 @@ raw endpoints add the same ``Access-Control-Allow-Origin`` through here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hub.core.hub import Hub
+from hub.http.types import Scope
 from hub.inputs import Limits
 from hub.settings import Settings
 
@@ -22,17 +23,20 @@ Headers = list[tuple[bytes, bytes]]
 
 
 @dataclass(slots=True)
-class StreamState:
-    """Process-wide state the endpoints read (set by the app's lifespan)."""
+class AppState:
+    """The app's state, one per process, typed: what every endpoint reads
+    (the hub is set by the app's lifespan)."""
 
     hub: Hub | None = None
     draining: bool = False
     # The connection guard of the server this app runs under (hub.http.protocol), if any.
     connections: ConnectionGuard | None = None
+    # Requests the raw routes took, by route name (hub.http.routes.Router.admit).
+    requests: dict[str, int] = field(default_factory=dict)
 
 
 class RawEndpoint:
-    def __init__(self, settings: Settings, state: StreamState) -> None:
+    def __init__(self, settings: Settings, state: AppState) -> None:
         self.settings = settings
         self.state = state
         self.limits = Limits(
@@ -41,9 +45,20 @@ class RawEndpoint:
         self.origins = settings.cors_origin_list
 
     def cors(self, origin: str | None) -> Headers:
-        """The CORS headers for a request from ``origin`` under ``HUB_CORS_ORIGINS``."""
-        if "*" in self.origins:
-            return [(b"access-control-allow-origin", b"*")]
-        if origin and origin in self.origins:
-            return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
-        return []
+        return cors_headers(self.origins, origin)
+
+
+def cors_headers(origins: list[str], origin: str | None) -> Headers:
+    """The CORS headers for a request from ``origin`` under ``HUB_CORS_ORIGINS``."""
+    if "*" in origins:
+        return [(b"access-control-allow-origin", b"*")]
+    if origin and origin in origins:
+        return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+    return []
+
+
+def origin_of(scope: Scope) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == b"origin":
+            return str(value.decode("latin-1"))
+    return None

@@ -18,46 +18,31 @@ import random
 from urllib.parse import parse_qsl
 
 from hub import sse
-from hub.brokers.base import BrokerUnavailable
+from hub.core.broker import BrokerUnavailable
 from hub.core.hub import Hub
 from hub.core.subscriber import Subscriber
 from hub.http.errors import send_json_error
-from hub.http.raw import RawEndpoint, StreamState
-from hub.http.sinks import AsgiSink, TransportSink
+from hub.http.raw import AppState, RawEndpoint
+from hub.http.sinks import AsgiSink, TransportSink, wait_disconnect
 from hub.http.types import Receive, Scope, Send
 from hub.inputs import InputError, check_channel, pick_last_event_id, resumes_for, stream_channels
 from hub.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_PREFIX = "/channels/"
-_SUFFIX = "/stream"
-
-
-def stream_channels_of(path: str) -> tuple[str | None, bool] | None:
-    """``(channel, False)`` for a channel stream, ``(None, True)`` for ``/stream``, else None."""
-    if path == "/stream":
-        return None, True
-    if path.startswith(_PREFIX) and path.endswith(_SUFFIX) and len(path) >= len(_PREFIX) + len(_SUFFIX):
-        # Whatever sits between is the channel, "a/b" and "" included: check_channel
-        # refuses those with a 400 bad_channel rather than a 404. ASGI's path is
-        # already percent-decoded: decoding again would let "%2541" through as "A".
-        return path[len(_PREFIX) : -len(_SUFFIX)], False
-    return None
-
 
 class StreamEndpoint(RawEndpoint):
-    def __init__(self, settings: Settings, state: StreamState) -> None:
+    def __init__(self, settings: Settings, state: AppState) -> None:
         super().__init__(settings, state)
         # The head goes out at once; these first bytes as soon as every channel is
         # subscribed at the broker, before any replay: a client that has seen
         # ": ok" cannot miss a later publish.
         self.hello = sse.encode_retry(settings.retry_ms) + sse.encode_comment("ok")
 
-    async def __call__(
-        self, scope: Scope, receive: Receive, send: Send, single: str | None, multi: bool
-    ) -> None:
-        opened = await self._open(scope, receive, send, single, multi)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # /channels/{channel}/stream names one channel; /stream takes them from the query.
+        single: str | None = scope["path_params"].get("channel")
+        opened = await self._open(scope, receive, send, single, single is None)
         if opened is None:
             return
         # Only what the open stream needs stays referenced from here on: the
@@ -69,8 +54,7 @@ class StreamEndpoint(RawEndpoint):
                 await writer
             else:
                 # The fast sink writes by itself; this task only waits for the client to go.
-                while (await receive())["type"] != "http.disconnect":
-                    pass
+                await wait_disconnect(receive)
         finally:
             hub.detach(sub)
             if writer is not None:
@@ -84,11 +68,6 @@ class StreamEndpoint(RawEndpoint):
         With the portable sink, its writer runs from before the attach: a replay
         waits for the writer to drain what it wrote.
         """
-        if scope["method"] not in ("GET", "HEAD"):
-            await send_json_error(
-                send, 405, "method_not_allowed", "streams are read with GET", [(b"allow", b"GET")]
-            )
-            return None
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         try:

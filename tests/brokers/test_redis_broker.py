@@ -15,10 +15,10 @@ from fakeredis.aioredis import FakeAsyncRedisConnection
 from pydantic import ValidationError
 from redis.exceptions import ResponseError
 
-from hub.brokers.base import BrokerUnavailable
 from hub.brokers.redis import RedisBroker
 from hub.brokers.redis_codec import SCRIPT, SCRIPT_SHA, stream_key
 from hub.brokers.redis_listener import PubSubListener
+from hub.core.broker import BrokerUnavailable
 from hub.core.event import Event, Payload
 from hub.core.ids import ZERO, Key, format_id, parse_id
 from hub.inputs import InputError, Limits

@@ -17,7 +17,7 @@ from uvicorn.server import ServerState
 
 from hub.http import protocol
 from hub.http.protocol import HubHttpProtocol, protocol_class
-from hub.http.stream import stream_channels_of
+from hub.http.routes import is_stream
 from hub.http.types import Receive, Scope, Send
 
 pytestmark = [pytest.mark.anyio]
@@ -86,7 +86,7 @@ class App:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         self.calls.append(path)
-        if stream_channels_of(path) is not None and self.refuse:
+        if is_stream(scope["method"], path) and self.refuse:
             body = b'{"error":"unavailable"}'
             await send(
                 {
@@ -97,7 +97,7 @@ class App:
             )
             await send({"type": "http.response.body", "body": body})
             return
-        if stream_channels_of(path) is not None or path == "/slow":
+        if is_stream(scope["method"], path) or path == "/slow":
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b": ok\n", "more_body": True})
             while (await receive())["type"] != "http.disconnect":
