@@ -18,8 +18,6 @@ from pydantic_core import ErrorDetails
 
 from hub.settings import Settings, default_text, env_var, flag, unknown_variables
 
-log = logging.getLogger("hub.cli")
-
 DEFAULT_URL = os.environ.get("HUB_URL", "http://127.0.0.1:8000")
 
 # The distribution's name: [project] name in pyproject.toml.

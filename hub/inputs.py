@@ -45,9 +45,6 @@ class InputError(Exception):
         self.error = error
         self.detail = detail
 
-    def body(self) -> dict[str, str]:
-        return {"error": self.error, "detail": self.detail}
-
 
 @dataclass(frozen=True, slots=True)
 class Limits:

@@ -20,7 +20,6 @@ that it would refuse), and the script refuses larger data too.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +31,6 @@ import redis.asyncio
 from hub.brokers.redis_codec import DEFAULT_LIMITS, SCRIPT, check_prefix, script_args, stream_key
 from hub.core.event import Payload
 from hub.inputs import MAX_BATCH, InputError, Limits, check_channel, check_payload
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ the Redis broker.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 
@@ -21,8 +20,6 @@ from hub.core.broker import Broker, ChannelStats, Deliver
 from hub.core.event import Event, Payload
 from hub.core.ids import ZERO, IdClock, Key, format_id
 from hub.core.ring import History, ReplayRing
-
-log = logging.getLogger(__name__)
 
 
 class _Log:

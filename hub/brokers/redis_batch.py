@@ -2,15 +2,14 @@
 
 A publish is one ``EVALSHA`` round trip. Sent one by one, concurrent
 publishes each pay a pool checkout, a socket write, a wake-up of Redis and a
-read: profiled at 100 subscribers per channel, a third of the hub's time was
-redis-py's command path and the send. Here the calls that arrive while a
+read. Here the calls that arrive while a
 round trip is in flight wait for it and then go out together, in one
 pipeline (not a transaction: each call is atomic on its own, being one
 script). With no concurrency nothing changes: a lone call goes out at once,
 as a plain script call.
 
 Order: calls go out in the order they were made, so one client's successive
-publishes keep their order, as before.
+publishes keep their order.
 """
 
 from __future__ import annotations

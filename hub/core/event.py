@@ -71,7 +71,8 @@ class Event:
         if body is None:
             p = self.payload
             data = p.data if p.kind == "json" else orjson.dumps(p.data).decode()
-            envelope = '{"channel":"' + self.channel + '","data":' + data + "}"
+            # orjson quotes the name: the envelope is valid JSON whatever the channel's charset.
+            envelope = '{"channel":' + orjson.dumps(self.channel).decode() + ',"data":' + data + "}"
             parts: list[bytes] = []
             if p.event is not None:
                 parts.append(b"event: " + p.event.encode() + b"\n")

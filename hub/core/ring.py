@@ -52,11 +52,11 @@ class ReplayRing:
 
     __slots__ = ("_events", "_start", "capacity", "dropped")
 
-    def __init__(self, capacity: int, dropped: Key | None = None) -> None:
+    def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
-        self.dropped = dropped
+        self.dropped: Key | None = None
         self._events: list[Event] = []
         self._start = 0
 

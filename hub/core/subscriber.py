@@ -139,9 +139,5 @@ class Subscriber:
         self.positions[index] = event.key
         return b"id: " + encode_cursor(self.positions).encode() + b"\n" + event.multi_body
 
-    @property
-    def cursor(self) -> str:
-        return encode_cursor(self.positions)
-
     def __repr__(self) -> str:
         return f"Subscriber({self.channels!r}, multi={self.multi})"

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 import struct
 from typing import Any
 
 from hub.core.subscriber import Batch, SinkClosed
 from hub.http.types import Receive, Send
-
-log = logging.getLogger(__name__)
 
 _END = b"0\r\n\r\n"
 _LINGER_RESET = struct.pack("ii", 1, 0)

@@ -59,6 +59,7 @@ class StreamEndpoint(RawEndpoint):
             hub.detach(sub)
             if writer is not None:
                 writer.cancel()
+            log.debug("stream of %s ended: %s", ",".join(sub.channels), sub.reason or "client gone")
 
     async def _open(
         self, scope: Scope, receive: Receive, send: Send, single: str | None, multi: bool
