@@ -61,6 +61,18 @@ class Settings(BaseSettings):
         3000, ge=0, le=86_400_000, description="the retry: (reconnect delay, ms) sent first on every stream"
     )
     history_size: int = Field(1000, ge=1, le=1_000_000, description="events kept per channel for replay")
+    history_ttl: float = Field(
+        3600.0,
+        ge=0,
+        le=365 * 86400,
+        description="seconds an event is kept for replay (0: until pushed out by size); idle channels go",
+    )
+    history_max_bytes: int = Field(
+        256 << 20,
+        ge=1 << 20,
+        le=1 << 40,
+        description="memory broker: bytes of all kept history; past it the oldest events go first",
+    )
     max_event_bytes: int = Field(
         65536, ge=1, le=64 << 20, description="bytes of one event's data on the wire; past it 413"
     )
