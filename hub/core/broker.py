@@ -97,6 +97,15 @@ class Broker(ABC):
 
 
 @runtime_checkable
+class Sweeps(Protocol):
+    """An optional capability: housekeeping (expiry, forgetting idle channels) that
+    the hub runs from its one timer, a few times per heartbeat interval, never per
+    delivery. It must return quickly: a long job does a bounded share per call."""
+
+    def sweep(self) -> None: ...
+
+
+@runtime_checkable
 class KeepsStats(Protocol):
     """An optional capability (not every broker has it): what history this
     process holds in memory, per channel (``GET /channels`` shows it)."""

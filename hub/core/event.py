@@ -48,17 +48,32 @@ class Event:
     live-only (never in history, never replayed).
     """
 
-    __slots__ = ("_multi_body", "channel", "frame", "id", "key", "payload")
+    __slots__ = ("_multi_body", "_payload", "channel", "frame", "id", "key")
 
     def __init__(self, channel: str, key: Key | None, payload: Payload) -> None:
         self.channel = channel
         self.key = key
         self.id = format_id(key) if key is not None else None
-        self.payload = payload
+        self._payload = payload
         self.frame: bytes = sse.encode_event(
             payload.data, id=self.id, event=payload.event, retry=payload.retry
         )
         self._multi_body: bytes | None = None
+
+    @property
+    def payload(self) -> Payload:
+        p = self._payload
+        if p.data:
+            return p
+        # Kept in history without its data (see keep): the frame holds it.
+        return Payload(p.kind, _data_of(self.frame), p.event, p.retry)
+
+    def keep(self) -> None:
+        """Drop the payload's own copy of the data, which the frame also holds: an
+        event kept in history then costs its frame and a few small objects."""
+        p = self._payload
+        if p.data:
+            self._payload = Payload(p.kind, "", p.event, p.retry)
 
     @property
     def multi_body(self) -> bytes:
@@ -99,3 +114,9 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event({self.channel!r}, {self.id!r}, {self.payload!r})"
+
+
+def _data_of(frame: bytes) -> str:
+    """The data of an encoded event: its ``data: `` lines, joined by LF (text
+    line breaks are LF on the wire already, and JSON data is one line)."""
+    return b"\n".join([line[6:] for line in frame.split(b"\n") if line.startswith(b"data: ")]).decode()

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from hub import sse
-from hub.core.broker import Broker
+from hub.core.broker import Broker, Sweeps
 from hub.core.event import Event
 from hub.core.ids import ZERO, Key, format_id
 from hub.core.subscriber import NO_EVENTS, Batch, Resume, SinkClosed, Subscriber
@@ -512,10 +512,16 @@ class Hub:
     async def _heartbeats(self) -> None:
         """One timer for the whole process, not one per stream."""
         interval = self.heartbeat_seconds / _TICKS
+        sweeps = self.broker if isinstance(self.broker, Sweeps) else None
         while True:
             await asyncio.sleep(interval)
             self.epoch += 1
             self.beat()
+            if sweeps is not None:
+                try:
+                    sweeps.sweep()
+                except Exception:  # housekeeping must never stop the heartbeats
+                    self._fault_log.hit("the broker's sweep failed", exc_info=True)
 
     def beat(self) -> None:
         """Heartbeat every stream that wrote nothing for a whole interval."""

@@ -11,10 +11,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
 
-from hub.core.event import Event
+from hub.core.event import Event, Payload
 from hub.core.ids import ZERO, Key
 
 _key_of = attrgetter("key")
+# Put in the slot of a dropped event, so that its memory goes now, not when the
+# dead head of the list is cut off.
+_GONE = Event("", (0, 0), Payload("text", "-"))
 
 
 def _key(event: Event) -> Key:
@@ -71,7 +74,8 @@ class ReplayRing:
     def first(self) -> Event | None:
         return self._events[self._start] if len(self) else None
 
-    def append(self, event: Event) -> None:
+    def append(self, event: Event) -> Event | None:
+        """Keep ``event``; return the one it pushed out, if the ring was full."""
         events = self._events
         if event.key is None:
             raise ValueError("only numbered events are kept in history")
@@ -79,11 +83,31 @@ class ReplayRing:
             raise ValueError(f"event {event.id} is not newer than {events[-1].id}")
         events.append(event)
         if len(events) - self._start > self.capacity:
-            self.dropped = _key(events[self._start])
-            self._start += 1
-            if self._start >= self.capacity:
-                del events[: self._start]
-                self._start = 0
+            return self.pop_oldest()
+        return None
+
+    def pop_oldest(self) -> Event | None:
+        """Drop the oldest event (a cursor before it now has a gap) and return it."""
+        events = self._events
+        if self._start >= len(events):
+            return None
+        oldest = events[self._start]
+        events[self._start] = _GONE  # let it go now, not when the dead head is cut
+        self.dropped = _key(oldest)
+        self._start += 1
+        if self._start >= max(self.capacity, len(events) - self._start):
+            del events[: self._start]
+            self._start = 0
+        return oldest
+
+    def expire(self, before_ms: int) -> list[Event]:
+        """Drop the events numbered before ``before_ms`` (their id's time); return them."""
+        gone: list[Event] = []
+        while len(self) and _key(self._events[self._start])[0] < before_ms:
+            event = self.pop_oldest()
+            assert event is not None
+            gone.append(event)
+        return gone
 
     def extend(self, events: Iterable[Event]) -> None:
         for event in events:

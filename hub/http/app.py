@@ -34,7 +34,11 @@ log = logging.getLogger(__name__)
 def broker_for(settings: Settings) -> Broker:
     """No URL: the in-memory broker; ``redis://``: the Redis broker (imported only then)."""
     if settings.redis_url is None:
-        return MemoryBroker(history_size=settings.history_size)
+        return MemoryBroker(
+            history_size=settings.history_size,
+            history_ttl=settings.history_ttl,
+            history_max_bytes=settings.history_max_bytes,
+        )
     from hub.brokers.redis import RedisBroker
 
     return RedisBroker(
@@ -110,7 +114,13 @@ class HubApp(Router):
         )
         await hub.start()
         self.state.hub = hub
-        self._trimmer = asyncio.create_task(trim_after_closes(lambda: hub.stats.streams_closed))
+
+        # Memory goes back to the OS after a wave of closed streams, or of forgotten channels.
+        def released() -> int:
+            forgotten = broker.forgotten if isinstance(broker, MemoryBroker) else 0
+            return hub.stats.streams_closed + forgotten
+
+        self._trimmer = asyncio.create_task(trim_after_closes(released))
         log.info("hub started with the %s broker", broker.name)
 
     def drain(self) -> int:

@@ -14,6 +14,19 @@ from prometheus_client.registry import Collector
 
 from hub.http.raw import AppState
 
+# What a broker may count, read by attribute name (not every broker keeps history in memory).
+_BROKER_COUNTS = (
+    ("bytes", "ssehub_history_bytes", "Bytes the history kept in this process costs", GaugeMetricFamily),
+    (
+        "evicted",
+        "ssehub_history_evicted",
+        "Events dropped for HUB_HISTORY_MAX_BYTES",
+        CounterMetricFamily,
+    ),
+    ("expired", "ssehub_history_expired", "Events dropped past HUB_HISTORY_TTL", CounterMetricFamily),
+    ("forgotten", "ssehub_channels_forgotten", "Channels forgotten with their history", CounterMetricFamily),
+)
+
 
 class HubCollector(Collector):
     def __init__(self, state: AppState) -> None:
@@ -65,6 +78,11 @@ class HubCollector(Collector):
             value=s.gone,
         )
         yield CounterMetricFamily("ssehub_refused", "Streams refused (full or draining)", value=s.refused)
+        broker = hub.broker
+        for attr, name, what, family in _BROKER_COUNTS:
+            kept = getattr(broker, attr, None)
+            if isinstance(kept, int):
+                yield family(name, what, value=kept)
         invalid = getattr(hub.broker, "invalid_messages", None)
         if isinstance(invalid, int):
             yield CounterMetricFamily(
