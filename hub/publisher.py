@@ -12,10 +12,13 @@ been POSTed::
     event_id = hub.publish("orders", {"id": 42, "status": "paid"}, event="order")
 
 :class:`AsyncPublisher` does the same with ``redis.asyncio``. Use the hub's
-``HUB_REDIS_PREFIX`` and ``HUB_HISTORY_SIZE`` as ``prefix`` and ``history_size``,
-and its ``HUB_MAX_EVENT_BYTES`` and ``HUB_MAX_BODY_BYTES`` as ``limits``: events
-are checked as the HTTP API checks a publish (hub nodes skip stream entries
-that it would refuse), and the script refuses larger data too.
+``HUB_REDIS_PREFIX``, ``HUB_HISTORY_SIZE`` and ``HUB_HISTORY_TTL`` as ``prefix``,
+``history_size`` and ``history_ttl`` (seconds; 0: no age limit), and its
+``HUB_MAX_EVENT_BYTES`` and ``HUB_MAX_BODY_BYTES`` as ``limits``: events are
+checked as the HTTP API checks a publish (hub nodes skip stream entries that it
+would refuse), and the script refuses larger data too. Each publish drops the
+channel's events older than ``history_ttl`` and sets its stream to expire that
+long after it, as a hub node's publish does.
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ import orjson
 import redis
 import redis.asyncio
 
-from hub.brokers.redis_codec import DEFAULT_LIMITS, SCRIPT, check_prefix, script_args, stream_key
+from hub.brokers.redis_codec import (
+    DEFAULT_LIMITS,
+    DEFAULT_TTL_SECONDS,
+    SCRIPT,
+    check_prefix,
+    script_args,
+    stream_key,
+    ttl_ms,
+)
 from hub.core.event import Payload
 from hub.inputs import MAX_BATCH, InputError, Limits, check_channel, check_payload
 
@@ -53,11 +64,13 @@ def to_payload(message: Message, limits: Limits = DEFAULT_LIMITS) -> Payload:
 
 
 class _Base:
-    def __init__(self, prefix: str, history_size: int, limits: Limits | None) -> None:
+    def __init__(self, prefix: str, history_size: int, history_ttl: float, limits: Limits | None) -> None:
         if history_size < 1:
             raise ValueError("history_size must be at least 1")
         self.prefix = check_prefix(prefix)
         self.history_size = history_size
+        self.history_ttl = history_ttl
+        self.ttl_ms = ttl_ms(history_ttl)
         self.limits = limits or DEFAULT_LIMITS
 
     def _call(self, channel: str, messages: Sequence[Message]) -> tuple[list[str], list[str | int]]:
@@ -74,7 +87,7 @@ class _Base:
                 "body_too_large",
                 f"the events hold {size} bytes of data, over the body limit of {self.limits.max_body_bytes}",
             )
-        args = script_args(self.history_size, payloads, self.limits.max_event_bytes)
+        args = script_args(self.history_size, payloads, self.limits.max_event_bytes, self.ttl_ms)
         return [stream_key(self.prefix, channel)], args
 
 
@@ -91,9 +104,10 @@ class Publisher(_Base):
         *,
         prefix: str = "hub",
         history_size: int = 1000,
+        history_ttl: float = DEFAULT_TTL_SECONDS,
         limits: Limits | None = None,
     ) -> None:
-        super().__init__(prefix, history_size, limits)
+        super().__init__(prefix, history_size, history_ttl, limits)
         self._script = client.register_script(SCRIPT)
 
     def publish(
@@ -123,9 +137,10 @@ class AsyncPublisher(_Base):
         *,
         prefix: str = "hub",
         history_size: int = 1000,
+        history_ttl: float = DEFAULT_TTL_SECONDS,
         limits: Limits | None = None,
     ) -> None:
-        super().__init__(prefix, history_size, limits)
+        super().__init__(prefix, history_size, history_ttl, limits)
         self._script = client.register_script(SCRIPT)
 
     async def publish(

@@ -62,7 +62,7 @@ def test_tail_prints_events_as_they_arrive(hub_server: HubProcess) -> None:
         wait_until(
             lambda: any(
                 c["channel"] == channel and c["subscribers"] == 1
-                for c in httpx.get(hub_server.url + "/channels").json()["channels"]
+                for c in httpx.get(f"{hub_server.url}/channels?prefix={channel}").json()["channels"]
             ),
             what="tail to subscribe",
         )

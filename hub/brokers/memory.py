@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from hub.core.broker import Broker, ChannelStats, Deliver
 from hub.core.event import Event, Payload
@@ -236,9 +236,12 @@ class MemoryBroker(Broker):
         entry = self._logs.get(channel)
         return entry.clock.last if entry is not None else ZERO
 
-    def stats(self) -> dict[str, ChannelStats]:
-        out = {}
-        for name, entry in self._logs.items():
-            last = entry.ring.last
-            out[name] = ChannelStats(last.id if last else None, len(entry.ring))
-        return out
+    def channel_names(self) -> Collection[str]:
+        return self._logs.keys()
+
+    def channel_stats(self, name: str) -> ChannelStats | None:
+        entry = self._logs.get(name)
+        if entry is None:
+            return None
+        last = entry.ring.last
+        return ChannelStats(last.id if last else None, len(entry.ring))

@@ -4,19 +4,30 @@
 -- Every hub node and every producer that wants replayable ids calls this
 -- script, so that the id a client sees live is the id it can resume from.
 --
---   EVALSHA <sha1 of this file> 1 <prefix>:<channel>:log <maxlen> [<max event bytes>] \
+--   EVALSHA <sha1 of this file> 1 <prefix>:<channel>:log <maxlen> [ttl=<ms>] [<max event bytes>] \
 --       <kind> <data> <event> <retry>  [<kind> <data> <event> <retry> ...]
 --
 -- KEYS[1]  the channel's stream, "<prefix>:<channel>:log"; the pub/sub
 --          channel is the same name without ":log".
 -- ARGV[1]  approximate MAXLEN of the stream (HUB_HISTORY_SIZE).
--- ARGV[2]  optional (told apart by the number of values): the largest data
---          of an event in bytes (HUB_MAX_EVENT_BYTES).
+-- then, optional and in this order:
+--   ttl=<ms>  how long history is kept, in milliseconds (HUB_HISTORY_TTL * 1000),
+--             0 to 31536000000; told apart by its "ttl=" (never a number nor a
+--             kind). Without it: 3600000 (an hour), so that no caller, old ones
+--             included, leaves a stream behind forever. ttl=0: no age limit (the
+--             stream is kept, PERSISTed, and trimmed by MAXLEN only).
+--   the largest data of an event in bytes (HUB_MAX_EVENT_BYTES); told apart
+--             by the number of values that follow (not a multiple of four).
 -- then four values per event, at most 1000 events:
 --   kind   "json" (data is JSON text) or "text" (data is plain text)
 --   data   the event's data: UTF-8; JSON text, or non-empty text
 --   event  the SSE event type, or "" for none
 --   retry  the SSE retry in milliseconds (0 to 86400000), or "" for none
+--
+-- With a TTL, each call also drops the entries older than it (XTRIM MINID
+-- <now - ttl>, exact, "now" being Redis's TIME) and sets the stream to expire
+-- that long after this publish (PEXPIRE): an idle channel's stream goes by
+-- itself. The TTL is the caller's: give every producer the hub's.
 --
 -- Returns the new stream ids, in order. Everything is checked before the
 -- first XADD: a script that fails half way would leave half a batch.
@@ -25,6 +36,8 @@
 
 local MAX_EVENTS = 1000
 local MAX_RETRY = 86400000
+local DEFAULT_TTL = 3600000
+local MAX_TTL = 31536000000 -- 365 days, as HUB_HISTORY_TTL
 
 -- Strict UTF-8 as Python decodes it: no overlong forms, no surrogates, nothing
 -- past U+10FFFF. ASCII runs are skipped by one string.find each.
@@ -80,13 +93,23 @@ if maxlen == nil or maxlen < 1 or maxlen ~= math.floor(maxlen) then
   return redis.error_reply("ERR ssehub: ARGV[1] must be the stream's MAXLEN, a positive integer")
 end
 local first = 2
-local max_bytes = nil
-if (#ARGV - 1) % 4 == 1 then
-  max_bytes = tonumber(ARGV[2])
-  if max_bytes == nil or max_bytes < 1 or max_bytes ~= math.floor(max_bytes) then
-    return redis.error_reply("ERR ssehub: ARGV[2] must be the largest event data, a positive integer")
+local ttl = DEFAULT_TTL
+local option = ARGV[first]
+if option ~= nil and string.sub(option, 1, 4) == "ttl=" then
+  local value = string.sub(option, 5)
+  if #value > 11 or not string.find(value, "^%d+$") or tonumber(value) > MAX_TTL then
+    return redis.error_reply("ERR ssehub: ttl=<ms> is 0 (no age limit) to " .. MAX_TTL .. " milliseconds")
   end
-  first = 3
+  ttl = tonumber(value)
+  first = first + 1
+end
+local max_bytes = nil
+if (#ARGV - first + 1) % 4 == 1 then
+  max_bytes = tonumber(ARGV[first])
+  if max_bytes == nil or max_bytes < 1 or max_bytes ~= math.floor(max_bytes) then
+    return redis.error_reply("ERR ssehub: ARGV[" .. first .. "] must be the largest event data, a positive integer")
+  end
+  first = first + 1
 end
 local count = (#ARGV - first + 1) / 4
 if count < 1 or count ~= math.floor(count) then
@@ -151,6 +174,20 @@ for i = 0, count - 1 do
     envelope = envelope .. ',"retry":' .. retry
   end
   parts[#parts + 1] = envelope .. "}"
+end
+
+if ttl > 0 then
+  -- Redis's clock, as the ids: an entry is older than the TTL by the server's time.
+  local now = redis.call("TIME")
+  local horizon = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ttl
+  if horizon > 0 then
+    -- Exact: "~" would only drop whole nodes (100 entries), keeping older ones.
+    -- Redis before 6.2 has no MINID: there the expiry alone bounds the age.
+    redis.pcall("XTRIM", stream, "MINID", string.format("%d", horizon))
+  end
+  redis.call("PEXPIRE", stream, string.format("%d", ttl))
+else
+  redis.call("PERSIST", stream)
 end
 
 redis.call("PUBLISH", string.sub(stream, 1, -5), '{"hub":1,"events":[' .. table.concat(parts, ",") .. "]}")

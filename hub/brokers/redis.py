@@ -23,6 +23,14 @@
   Skipping an entry is a loss for the client: it is told with a ``hub.gap``.
 - Per subscribed channel, a :class:`ReplayRing` keeps what this process
   delivered, so most resumes need no round trip; older cursors read the stream.
+- History is bounded in age too (``history_ttl``, HUB_HISTORY_TTL): every
+  publish drops the entries older than the TTL by Redis's clock and sets the
+  stream to expire that long after it, so an idle channel's stream goes by
+  itself. A resume only replays events younger than the TTL: older cursors
+  are answered by Redis, never by the ring, and whatever after them is gone or
+  older than the TTL is told with a ``hub.gap``. Live streams of a channel
+  whose stream expired while idle get no ``hub.gap`` when it comes back: this
+  process delivered everything the old stream held.
 - When the pub/sub connection comes back after a cut, every subscribed
   channel is re-subscribed and refilled from the stream after the last id
   this process handled; raw messages are held meanwhile, so the hub gets
@@ -39,7 +47,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NoReturn
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
@@ -52,6 +61,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from hub.brokers.redis_batch import ScriptBatcher
 from hub.brokers.redis_codec import (
     DEFAULT_LIMITS,
+    DEFAULT_TTL_SECONDS,
     SCRIPT,
     Invalid,
     StreamRead,
@@ -64,6 +74,7 @@ from hub.brokers.redis_codec import (
     script_args,
     stream_key,
     topic,
+    ttl_ms,
 )
 from hub.brokers.redis_listener import PubSubListener
 from hub.core.broker import Broker, BrokerUnavailable, ChannelStats, Deliver
@@ -79,6 +90,9 @@ _REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError)
 # Streams read by one XREAD at most.
 _READ_BATCH = 512
 _U64 = 2**64 - 1
+# A cursor this close to the TTL's horizon is answered by Redis, not by the ring: Redis
+# trims by its own clock, which may be a little ahead of this process's.
+_CLOCK_SLACK_MS = 1000
 # What a script error carries about the script itself: never shown to a client.
 _SCRIPT_DETAIL = re.compile(r"\s*script: [0-9a-f]{40}.*$", re.DOTALL)
 # Redis error codes whose cause a client's error body may name, with what to do.
@@ -153,6 +167,7 @@ class RedisBroker(Broker):
         *,
         prefix: str = "hub",
         history_size: int = 1000,
+        history_ttl: float = DEFAULT_TTL_SECONDS,
         pool_size: int = 32,
         command_timeout: float = 5.0,
         ping_seconds: float = 5.0,
@@ -165,6 +180,10 @@ class RedisBroker(Broker):
     ) -> None:
         self.prefix = check_prefix(prefix)
         self.history_size = history_size
+        # How long history is kept (HUB_HISTORY_TTL): passed to the script on every
+        # publish, in milliseconds; 0 keeps the stream, trimmed by size only.
+        self.history_ttl = history_ttl
+        self.ttl_ms = ttl_ms(history_ttl)
         # What an event may be (HUB_MAX_EVENT_BYTES, HUB_MAX_BODY_BYTES): the same as over HTTP.
         self.limits = limits or DEFAULT_LIMITS
         extra = dict(connection_kwargs or {})
@@ -369,6 +388,8 @@ class RedisBroker(Broker):
                     elif not sub.reading:  # refused (logged): the next announcement tries again
                         self._flush_queued(sub)
                     continue
+                if read.lost and self._expired_while_idle(starts[sub], read):
+                    read.lost = False
                 try:
                     self._apply(sub, starts[sub], read)
                 except Exception as exc:  # a bug: the other channels must still be served
@@ -391,6 +412,19 @@ class RedisBroker(Broker):
                         self._due[sub] = None
             else:
                 failures = 0
+
+    def _expired_while_idle(self, start: Key, read: StreamRead) -> bool:
+        """Whether a stream read live after ``start`` is new only because the old one
+        expired while the channel was idle: nothing was lost then.
+
+        This process heard every publish since ``start`` (a cut of the pub/sub
+        connection goes through a refill instead) and read each at once, so the
+        old stream held nothing it did not deliver, if it lived on for the TTL
+        after its last entry: the new stream's first entry is a TTL or more after
+        ``start``, and nothing ever left the new one.
+        """
+        first = read.first
+        return bool(self.ttl_ms and read.renewed and first is not None and first[0] - start[0] >= self.ttl_ms)
 
     def _flush_queued(self, sub: _Sub) -> None:
         queued, sub.queued = sub.queued, []
@@ -490,7 +524,7 @@ class RedisBroker(Broker):
         key = stream_key(self.prefix, channel)
         try:
             ids = await self._publishes.call(
-                [key], script_args(self.history_size, payloads, self.limits.max_event_bytes)
+                [key], script_args(self.history_size, payloads, self.limits.max_event_bytes, self.ttl_ms)
             )
         except ResponseError as exc:
             message = _SCRIPT_DETAIL.sub("", str(exc))
@@ -541,52 +575,79 @@ class RedisBroker(Broker):
             return None
         return sub
 
+    def _horizon(self) -> Key | None:
+        """The oldest id history still replays (by the TTL); None without one."""
+        if not self.ttl_ms:
+            return None
+        return (max(0, time.time_ns() // 1_000_000 - self.ttl_ms), 0)
+
     async def history(self, channel: str, after: Key | None, limit: int | None = None) -> History:
         sub = self._current(channel)
+        horizon = self._horizon()
         # The ring answers from its start on, and up to what this process heard: a
         # cursor ahead of that (seen on another node, still on its way here) asks Redis,
-        # and so does one before an entry skipped as invalid (the client is told).
+        # and so does one before an entry skipped as invalid (the client is told), and
+        # one about as old as the TTL or older (Redis trims, or dropped the stream).
         if sub is not None and sub.base is not None and after is not None and addressable(after):
             newest = sub.position
             if (
                 sub.base <= after <= newest
                 and sub.ring.covers(after)
                 and (sub.skipped is None or after >= sub.skipped)
+                and (horizon is None or after[0] >= horizon[0] + _CLOCK_SLACK_MS)
             ):
                 first = sub.ring.first
                 history = History(gap=False, oldest=first.id if first is not None else None, last=newest)
                 sub.ring.fill(history, after, limit)
                 return history
         try:
-            read = await self._read_stream(channel, after, limit)
+            read = await self._read_stream(channel, after, limit, horizon)
         except _REDIS_ERRORS as exc:
             self._fail("history read failed", exc, channel)
         for key, reason in read.skipped:
             self._invalid(channel, f"stream entry {format_id(key)}: {reason}")
         return read.history()
 
-    async def _read_stream(self, channel: str, after: Key | None, limit: int | None = None) -> StreamRead:
-        """The stream after ``after``, with gap detection.
+    async def _read_stream(
+        self, channel: str, after: Key | None, limit: int | None = None, horizon: Key | None = None
+    ) -> StreamRead:
+        """The stream after ``after``, with gap detection; from ``horizon`` on, when given.
 
         A cursor Redis cannot read from (a part past 2**64-1, or the largest id)
         or one past the stream's newest id is one this stream never handed out:
         as a malformed one, it gets everything kept, and a gap.
         """
         start = after if after is None or addressable(after) else None
-        read = await self._xrange(channel, start, limit)
+        read = await self._xrange(channel, start, limit, horizon)
         if after is not None and (start is None or after > read.last):
             if start is not None:
-                read = await self._xrange(channel, None, limit)
+                read = await self._xrange(channel, None, limit, horizon)
             read.lost = True
         return read
 
-    async def _xrange(self, channel: str, after: Key | None, limit: int | None = None) -> StreamRead:
+    async def _xrange(
+        self, channel: str, after: Key | None, limit: int | None = None, horizon: Key | None = None
+    ) -> StreamRead:
+        """``XINFO STREAM`` and ``XRANGE (after +``, in one transaction.
+
+        With a ``horizon`` (the TTL's) past the cursor, the range starts at the
+        horizon instead: older entries, kept until the next publish trims them,
+        are not replayed, and when there are any after the cursor it is a loss.
+        """
         stream = stream_key(self.prefix, channel)
-        start = "-" if after is None else f"({format_id(after)}"
+        aged = horizon is not None and (after is None or after < horizon)
+        if aged:
+            assert horizon is not None
+            start = format_id(horizon)
+        else:
+            start = "-" if after is None else f"({format_id(after)}"
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xinfo_stream(stream)
             pipe.xrange(stream, min=start, max="+", count=None if limit is None else limit + 1)
-            info, entries = await pipe.execute(raise_on_error=False)
+            if aged and after is not None:
+                assert horizon is not None
+                pipe.xrange(stream, min=f"({format_id(after)}", max=format_id(_before(horizon)), count=1)
+            info, entries, *rest = await pipe.execute(raise_on_error=False)
         if isinstance(info, ResponseError) and "no such key" not in str(info):
             raise info  # WRONGTYPE and the like: not an empty stream
         more = None
@@ -596,6 +657,13 @@ class RedisBroker(Broker):
             more = parse_key(entries[-1][0])
         read = read_stream(channel, after, info, entries, self.limits)
         read.more = more
+        if aged:
+            # What is replayed starts at the first entry younger than the TTL.
+            read.first = parse_key(entries[0][0]) if entries else None
+            for older in rest:  # entries after the cursor, older than the TTL: not replayed
+                if isinstance(older, Exception):
+                    raise older
+                read.lost = read.lost or bool(older)
         return read
 
     async def last_key(self, channel: str) -> Key:
@@ -611,12 +679,16 @@ class RedisBroker(Broker):
         entries: Any = await self._redis.xrevrange(stream, max="+", min="-", count=1)
         return parse_key(entries[0][0]) if entries else ZERO
 
-    def stats(self) -> dict[str, ChannelStats]:
-        out = {}
-        for name, sub in self._subs.items():
-            last = sub.ring.last
-            out[name] = ChannelStats(last.id if last is not None else None, len(sub.ring))
-        return out
+    def channel_names(self) -> Collection[str]:
+        """The channels this process is subscribed to (it caches their recent history)."""
+        return self._subs.keys()
+
+    def channel_stats(self, name: str) -> ChannelStats | None:
+        sub = self._subs.get(name)
+        if sub is None:
+            return None
+        last = sub.ring.last
+        return ChannelStats(last.id if last is not None else None, len(sub.ring))
 
 
 def _explain(exc: BaseException, channel: str | None) -> str:

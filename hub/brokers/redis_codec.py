@@ -7,7 +7,9 @@ Layout, for a channel ``orders`` and the prefix ``hub``:
 
 - ``hub:orders:log``: a stream holding the channel's recent events (fields
   ``k`` kind, ``d`` data, optional ``e`` event type and ``r`` retry); its
-  entry ids are the SSE ids.
+  entry ids are the SSE ids. Each publish trims it by size (``MAXLEN ~``) and
+  by age (``MINID``, the TTL before Redis's ``TIME``), and sets it to expire a
+  TTL later (``PEXPIRE``): an idle channel's stream goes by itself.
 - ``hub:orders``: the pub/sub channel on which each publish is announced, as
   ``{"hub":1,"events":[{"id":..,"kind":..,"data":..,"event":..,"retry":..}]}``.
   Anything else published there is a raw producer's message (see
@@ -52,6 +54,10 @@ SCRIPT: str = resources.files("hub.brokers").joinpath("publish.lua").read_text(e
 SCRIPT_SHA: str = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
 DEFAULT_LIMITS = Limits()
+# The script's TTL of history when a caller gives none (its ``ttl=`` argument), and the
+# largest it takes: HUB_HISTORY_TTL's default and bound.
+DEFAULT_TTL_SECONDS = 3600.0
+MAX_TTL_SECONDS = 365 * 86400
 # An announced id whose millisecond part is further ahead of this node's clock
 # is refused: Redis numbers entries by its own clock, which may differ a little.
 MAX_FUTURE_MS = 5 * 60 * 1000
@@ -116,12 +122,28 @@ def addressable(key: Key) -> bool:
     return 0 <= key[0] <= _U64 and 0 <= key[1] <= _U64 and key != (_U64, _U64)
 
 
+def ttl_ms(seconds: float) -> int:
+    """A history TTL in seconds (``HUB_HISTORY_TTL``) -> the script's milliseconds.
+
+    0 stays 0 (no age limit); anything above 0 is at least 1 ms.
+    """
+    if not 0 <= seconds <= MAX_TTL_SECONDS:
+        raise ValueError(f"the history TTL is 0 to {MAX_TTL_SECONDS} seconds, got {seconds!r}")
+    return max(1, round(seconds * 1000)) if seconds > 0 else 0
+
+
 def script_args(
-    maxlen: int, payloads: Sequence[Payload], max_event_bytes: int | None = None
+    maxlen: int,
+    payloads: Sequence[Payload],
+    max_event_bytes: int | None = None,
+    ttl: int | None = None,
 ) -> list[str | int]:
     """ARGV of the publish script for ``payloads``; with ``max_event_bytes`` the
-    script refuses larger data too."""
+    script refuses larger data too. ``ttl`` is the history's TTL in milliseconds
+    (0: no age limit); without it the script's default, an hour, applies."""
     args: list[str | int] = [maxlen]
+    if ttl is not None:
+        args.append(f"ttl={ttl}")
     if max_event_bytes is not None:
         args.append(max_event_bytes)
     for p in payloads:
@@ -282,6 +304,9 @@ class StreamRead:
 
     ``lost``: entries after the cursor were trimmed, or the cursor is one this
     stream never had. ``skipped``: invalid entries left out (each a loss too).
+    ``renewed``: the stream began after the cursor and never lost an entry: the
+    one that held the cursor is gone (expired, or deleted) and this one was
+    created since. Whether that lost anything only the reader can tell.
     """
 
     events: list[Event]
@@ -291,6 +316,7 @@ class StreamRead:
     last: Key
     # Where the next page starts, when a count cut this read short.
     more: Key | None = None
+    renewed: bool = False
 
     def history(self) -> History:
         """The answer to a resume: a gap when anything after the cursor is not replayed."""
@@ -320,18 +346,23 @@ def read_stream(
     first = parse_key(first_entry[0]) if first_entry else None
     last = parse_key(info["last-generated-id"])
     deleted = info.get("max-deleted-entry-id")
-    lost = False
+    lost = renewed = False
     if after is not None:
         if deleted is None:  # before Redis 7: a cursor before the first entry may have lost some
             lost = first is not None and after < first
         else:
             dropped = parse_key(deleted)
-            # Below ``dropped``: trimmed away. Between it and the first entry: an id
-            # this stream never had (it was recreated, e.g. by a restart of Redis).
+            # Below ``dropped`` (XDEL raises it; trimming, by MAXLEN or by age, does
+            # not): deleted. Between it and the first entry: trimmed away, or an id
+            # this stream never had (it was recreated: expired, or a restart of Redis).
             lost = after < dropped or (first is not None and dropped < after < first)
+            # Nothing ever left this stream (as many entries added as it holds): it
+            # began after the cursor.
+            added, length = info.get("entries-added"), info.get("length")
+            renewed = lost and after < (first or ZERO) and added is not None and added == length
         # Past the newest id: this stream never handed it out.
         lost = lost or after > last
-    return StreamRead(events, skipped, lost, first, last)
+    return StreamRead(events, skipped, lost, first, last, renewed=renewed)
 
 
 def history_from(

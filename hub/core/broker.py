@@ -18,7 +18,7 @@ task, and neither pays a queue hop per event.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -108,6 +108,11 @@ class Sweeps(Protocol):
 @runtime_checkable
 class KeepsStats(Protocol):
     """An optional capability (not every broker has it): what history this
-    process holds in memory, per channel (``GET /channels`` shows it)."""
+    process holds in memory, per channel (``GET /channels`` shows it, a page at
+    a time: neither method may copy or walk every channel)."""
 
-    def stats(self) -> dict[str, ChannelStats]: ...
+    def channel_names(self) -> Collection[str]:
+        """The channels with history here: a live view, not a copy."""
+        ...
+
+    def channel_stats(self, name: str) -> ChannelStats | None: ...

@@ -535,6 +535,3 @@ class Hub:
     @staticmethod
     def gap_frame(channel: str, requested: str | None, oldest: str | None) -> bytes:
         return Event.gap(channel, requested, oldest).frame
-
-    def channel_counts(self) -> dict[str, int]:
-        return {name: ch.subscribers for name, ch in self.channels.items()}

@@ -45,6 +45,7 @@ def broker_for(settings: Settings) -> Broker:
         settings.redis_url,
         prefix=settings.redis_prefix,
         history_size=settings.history_size,
+        history_ttl=settings.history_ttl,
         pool_size=settings.redis_pool_size,
         command_timeout=settings.redis_timeout,
         # What comes from Redis is checked exactly as an HTTP publish is.

@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 from hub.brokers.redis import RedisBroker
 from hub.brokers.redis_codec import SCRIPT, SCRIPT_SHA, stream_key
 from hub.brokers.redis_listener import PubSubListener
-from hub.core.broker import BrokerUnavailable
+from hub.core.broker import BrokerUnavailable, ChannelStats
 from hub.core.event import Event, Payload
 from hub.core.ids import ZERO, Key, format_id, parse_id
 from hub.inputs import InputError, Limits
@@ -122,7 +122,7 @@ async def test_unsubscribing_leaves_no_redis_subscription(
     async with asyncio.timeout(3):
         while await numsub() != [(b"hub:a", 0), (b"hub:b", 0)]:
             await asyncio.sleep(0.005)
-    assert broker.stats() == {}
+    assert not broker.channel_names()
 
 
 async def test_history_is_the_same_from_the_ring_and_from_the_stream(make: Make) -> None:
@@ -166,7 +166,7 @@ async def test_a_cursor_older_than_the_ring_is_served_from_the_stream(make: Make
     await broker.subscribe("c")
     ids = await broker.publish("c", json_payloads(*range(8)))
     await until(lambda: len(got) == 8)
-    assert broker.stats()["c"].buffered == 3
+    assert (broker.channel_stats("c") or ChannelStats(None, -1)).buffered == 3
     # MAXLEN ~ trims whole stream nodes only, so the stream still holds all 8.
     history = await broker.history("c", parse_id(ids[1]))
     assert [e.id for e in history.events] == ids[2:]

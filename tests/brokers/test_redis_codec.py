@@ -33,6 +33,7 @@ from hub.brokers.redis_codec import (
     script_args,
     stream_key,
     topic,
+    ttl_ms,
 )
 from hub.core.event import Payload
 from hub.core.ids import Key, parse_id
@@ -99,6 +100,25 @@ def test_script_args_give_four_values_per_event_after_maxlen_and_the_optional_li
     payloads = [Payload("json", "{}"), Payload("text", "hi", "t", 5)]
     assert script_args(100, payloads) == [100, "json", "{}", "", "", "text", "hi", "t", 5]
     assert script_args(100, payloads, 65536) == [100, 65536, "json", "{}", "", "", "text", "hi", "t", 5]
+
+
+def test_script_args_put_the_ttl_right_after_maxlen_as_a_named_value() -> None:
+    payloads = [Payload("text", "hi")]
+    assert script_args(100, payloads, 65536, 5000) == [100, "ttl=5000", 65536, "text", "hi", "", ""]
+    assert script_args(100, payloads, ttl=0) == [100, "ttl=0", "text", "hi", "", ""]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "ms"), [(3600, 3_600_000), (0, 0), (1.5, 1500), (0.0001, 1), (365 * 86400, 31_536_000_000)]
+)
+def test_a_ttl_in_seconds_is_the_scripts_milliseconds(seconds: float, ms: int) -> None:
+    assert ttl_ms(seconds) == ms
+
+
+@pytest.mark.parametrize("seconds", [-1, 365 * 86400 + 1, float("nan")])
+def test_a_ttl_out_of_range_is_refused(seconds: float) -> None:
+    with pytest.raises(ValueError, match="TTL"):
+        ttl_ms(seconds)
 
 
 def test_only_ids_redis_can_read_after_are_addressable() -> None:
@@ -318,6 +338,21 @@ def test_a_gap_is_reported_exactly_when_events_after_the_cursor_are_gone(
     assert history.gap is gap
     assert history.oldest == first
     assert history.last == (20, 0)
+
+
+def test_a_stream_begun_after_the_cursor_that_never_lost_an_entry_is_renewed() -> None:
+    # Expired while idle, then published to again: a gap for a resume, and the
+    # reader may tell it from a trim (entries-added counts what was ever added).
+    info = {**_info("10-0", "0-0", "20-0"), "length": 2, "entries-added": 2}
+    read = read_stream("c", (5, 0), info, [])
+    assert read.lost
+    assert read.renewed
+    assert read.history().gap
+    trimmed = read_stream("c", (5, 0), {**info, "entries-added": 7}, [])
+    assert trimmed.lost
+    assert not trimmed.renewed
+    assert not read_stream("c", (10, 0), info, []).renewed  # the cursor is in this stream
+    assert not read_stream("c", (5, 0), Exception("ERR no such key"), []).renewed
 
 
 def test_a_missing_stream_is_a_gap_for_any_real_cursor() -> None:

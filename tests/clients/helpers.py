@@ -66,7 +66,7 @@ def publish_mix(base: str, channel: str) -> list[str]:
 
 
 def subscribers(base: str, channel: str) -> int:
-    listing = httpx.get(f"{base}/channels", timeout=10).json()["channels"]
+    listing = httpx.get(f"{base}/channels", params={"prefix": channel}, timeout=10).json()["channels"]
     return next((int(c["subscribers"]) for c in listing if c["channel"] == channel), 0)
 
 

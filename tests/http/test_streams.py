@@ -185,7 +185,8 @@ async def test_channel_listing_counts_subscribers_and_history(hub_server: HubPro
     channel = fresh()
     async with client() as http, open_stream(http, f"{hub_server.url}/channels/{channel}/stream"):
         last = await publish(http, hub_server.url, channel, 1)
-        listing = (await http.get(f"{hub_server.url}/channels")).json()["channels"]
+        found = await http.get(f"{hub_server.url}/channels", params={"prefix": channel})
+        listing = found.json()["channels"]
         (entry,) = [c for c in listing if c["channel"] == channel]
         assert entry == {"channel": channel, "subscribers": 1, "last_id": last, "buffered": 1}
 

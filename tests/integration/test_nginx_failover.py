@@ -79,7 +79,7 @@ async def serving_node(http: httpx.AsyncClient, cluster: Cluster, channel: str) 
     async def one_node_holds_it() -> bool:
         found.clear()
         for node in cluster.nodes:
-            listing = (await http.get(f"{node.url}/channels")).json()["channels"]
+            listing = (await http.get(f"{node.url}/channels", params={"prefix": channel})).json()["channels"]
             if any(c["channel"] == channel and c["subscribers"] for c in listing):
                 found.append(node)
         return len(found) == 1

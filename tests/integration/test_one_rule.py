@@ -83,10 +83,20 @@ def http_accepts(case: Case) -> bool:
     return True
 
 
-def script_accepts(client: redis.Redis, case: Case) -> bool:
+def script_accepts(client: redis.Redis, case: Case, *ttl: str) -> bool:
+    """The script, called as the hub calls it (``ttl`` given) or as earlier callers do."""
     try:
         client.eval(
-            SCRIPT, 1, "hub:c:log", 10, LIMITS.max_event_bytes, case.kind, case.data, case.event, case.retry
+            SCRIPT,
+            1,
+            "hub:c:log",
+            10,
+            *ttl,
+            LIMITS.max_event_bytes,
+            case.kind,
+            case.data,
+            case.event,
+            case.retry,
         )
     except ResponseError:
         return False
@@ -138,6 +148,8 @@ def test_http_the_script_and_the_publisher_agree(case: Case, real_redis: redis.R
         "http": http_accepts(case),
         "script on fakeredis": script_accepts(fake, case),
         "script on redis-server": script_accepts(real_redis, case),
+        "script with a ttl on fakeredis": script_accepts(fake, case, "ttl=60000"),
+        "script with a ttl on redis-server": script_accepts(real_redis, case, "ttl=60000"),
         "publisher": publisher_accepts(real_redis, case),
     }
     expected = {k: case.ok for k, v in verdicts.items() if v is not None}
@@ -145,6 +157,6 @@ def test_http_the_script_and_the_publisher_agree(case: Case, real_redis: redis.R
 
 
 def test_the_hubs_own_script_arguments_carry_the_limit() -> None:
-    # What the hub and the publisher send the script: maxlen, then the byte limit.
-    args = script_args(10, [Payload("text", "hi")], 100)
-    assert [str(a) for a in args[:2]] == ["10", "100"]
+    # What the hub and the publisher send the script: maxlen, the TTL, then the byte limit.
+    args = script_args(10, [Payload("text", "hi")], 100, 60_000)
+    assert [str(a) for a in args[:3]] == ["10", "ttl=60000", "100"]
