@@ -123,8 +123,9 @@ class MemoryBroker(Broker):
                 deliver(event)
         entry.bytes += added
         self.bytes += added
-        if self.ttl_ms:
-            self._expire(entry, time.time_ns() // 1_000_000 - self.ttl_ms)
+        if self.ttl_ms and keys[0][0] - self.ttl_ms > ring.oldest_ms:
+            # This channel holds events older than the history's age (ids carry their time).
+            self._expire(entry, keys[0][0] - self.ttl_ms)
         if self.bytes > self.max_bytes:
             self._evict(channel, len(events))
         return [format_id(key) for key in keys]

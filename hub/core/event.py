@@ -72,7 +72,9 @@ class Event:
         """Drop the payload's own copy of the data, which the frame also holds: an
         event kept in history then costs its frame and a few small objects."""
         p = self._payload
-        if p.data:
+        if p.event is None and p.retry is None:
+            self._payload = _NO_DATA_JSON if p.kind == "json" else _NO_DATA_TEXT  # shared
+        elif p.data:
             self._payload = Payload(p.kind, "", p.event, p.retry)
 
     @property
@@ -114,6 +116,11 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event({self.channel!r}, {self.id!r}, {self.payload!r})"
+
+
+# The payload of most kept events (no type, no retry): one object for all of them.
+_NO_DATA_JSON = Payload("json", "")
+_NO_DATA_TEXT = Payload("text", "")
 
 
 def _data_of(frame: bytes) -> str:

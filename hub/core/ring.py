@@ -74,6 +74,11 @@ class ReplayRing:
     def first(self) -> Event | None:
         return self._events[self._start] if len(self) else None
 
+    @property
+    def oldest_ms(self) -> int:
+        """The time part of the oldest kept id (a large number when empty)."""
+        return _key(self._events[self._start])[0] if len(self._events) > self._start else 1 << 62
+
     def append(self, event: Event) -> Event | None:
         """Keep ``event``; return the one it pushed out, if the ring was full."""
         events = self._events
