@@ -1,7 +1,8 @@
 """Run the ssehub benchmark suite against ssehub, nginx+nchan and a naive FastAPI hub.
 
-    python -m loadtests.bench                 # everything, ~15-18 minutes
-    python -m loadtests.bench --quick         # smaller sizes, ~4-5 minutes
+    python -m loadtests.bench                 # everything, ~17-20 minutes
+    python -m loadtests.bench --quick         # smaller sizes, ~4.5-5.5 minutes
+    python -m loadtests.bench --systems hub --scenarios many   # 1M channels forgotten, ~2 minutes
     python -m loadtests.bench --systems hub,nchan --scenarios fanout --fanout 100,1000
     python -m loadtests.bench --systems hub,hub-redis --scenarios fanout,publish \\
         --fanout 1000 --publish-connections 8 --duration 3 --no-ceiling   # memory vs Redis, ~1 minute
@@ -33,10 +34,13 @@ log = logging.getLogger("loadtests.bench")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SERVER_CORE, GENERATOR_CORE = 0, 1
 ALL_SYSTEMS = ("hub", "hub-redis", "nchan", "naive", "naive-pool")
-ALL_SCENARIOS = ("connections", "fanout", "latency", "channels", "waves", "publish")
+ALL_SCENARIOS = ("connections", "fanout", "latency", "channels", "waves", "publish", "many")
 # The Redis-broker hub runs the scenarios that cross the Redis hop on every event (the
 # others would measure the same node code again); compare it with "hub" of the same run.
 SCENARIOS_FOR = {"hub-redis": ("fanout", "publish")}
+# Scenarios only some systems run: "many" measures how the memory broker forgets
+# expired channels (HUB_HISTORY_TTL); nchan and the naive peer have no such expiry.
+SYSTEMS_FOR = {"many": ("hub",)}
 
 FACTORIES: dict[str, Callable[[int | None], Server]] = {
     "hub": lambda core: HubServer(core),
@@ -67,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wave-size", type=int)
     p.add_argument("--waves", type=int)
     p.add_argument("--publish-connections", type=_ints, help="publishing connection counts, e.g. 8,32")
+    p.add_argument("--many-channels", type=int, help="channels of the many scenario (one event each)")
     p.add_argument("--no-ceiling", action="store_true", help="skip measuring the generator's own ceiling")
     p.add_argument("--no-pin", action="store_true", help="do not pin server/generator to cores 0/1")
     p.add_argument("--out", type=Path, help="output directory (default results/<timestamp>)")
@@ -88,6 +93,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         sizes.waves = args.waves
     if args.publish_connections:
         sizes.publish_connections = args.publish_connections
+    if args.many_channels:
+        sizes.many_channels = args.many_channels
     return sizes
 
 
@@ -110,6 +117,8 @@ def run_scenario(name: str, server: Server, pool: GeneratorPool, sizes: Sizes) -
             scenarios.publish(server, n, sizes.publish_channels, sizes.duration_s)
             for n in sizes.publish_connections
         ]
+    if name == "many":
+        return scenarios.many(server, sizes.many_channels, sizes.many_connections, sizes.many_ttl_s)
     raise ValueError(name)
 
 
@@ -119,9 +128,12 @@ def run_system(
     """Every wanted scenario against one system, each on a freshly started server."""
     out: dict[str, Any] = {"errors": []}
     for scen in wanted:
-        if scen not in SCENARIOS_FOR.get(system, ALL_SCENARIOS):
+        if scen not in SCENARIOS_FOR.get(system, ALL_SCENARIOS) or system not in SYSTEMS_FOR.get(
+            scen, ALL_SYSTEMS
+        ):
             continue
         server = FACTORIES[system](core)
+        server.extra_env.update(scenarios.server_env(scen, sizes))
         t0 = time.monotonic()
         try:
             server.start()

@@ -66,15 +66,20 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def rss_kb(pid: int) -> int:
-    """VmRSS in KB of one process (0 if it is gone)."""
+def status_kb(pid: int, field: str) -> int:
+    """A KB field of /proc/PID/status (VmRSS, VmHWM...) of one process (0 if it is gone)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS in KB of one process (0 if it is gone)."""
+    return status_kb(pid, "VmRSS")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -90,6 +95,14 @@ def cpu_seconds(pid: int) -> float:
 def tree_rss_kb(pid: int) -> int:
     """Summed VmRSS in KB of a process and its descendants (server + workers)."""
     return sum(rss_kb(p) for p in process_tree(pid))
+
+
+def tree_peak_rss_kb(pid: int) -> int:
+    """Summed VmHWM (peak RSS so far) in KB of a process and its descendants.
+
+    Exact for one process; for several it is an upper bound (their peaks need not coincide).
+    """
+    return sum(status_kb(p, "VmHWM") for p in process_tree(pid))
 
 
 def wait_http_ok(url: str, timeout: float = 20.0, alive: Callable[[], bool] | None = None) -> None:

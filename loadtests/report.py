@@ -31,8 +31,9 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-# Ratios of these are meaningless (fractions, or growth figures near zero).
-NO_RATIO = ("delivered fraction", "delivered_fraction", "RSS growth")
+# Ratios of these are meaningless (fractions, or growth figures near zero), or have no
+# peer to compare with (many: only the hub runs it).
+NO_RATIO = ("delivered fraction", "delivered_fraction", "RSS growth", "many ")
 
 
 def _no_ratio(label: str) -> bool:
@@ -44,14 +45,16 @@ def metric_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     systems: dict[str, Any] = results["systems"]
     rows: list[tuple[str, dict[str, Any]]] = []
 
-    def add(label: str, scenario: str, key: str, match: tuple[str, Any] | None = None) -> None:
+    def add(label: str, scenario: str, key: str, match: tuple[str, Any] | None = None, per: int = 1) -> None:
+        """One row; ``per`` divides the figure (1024: KB -> MB, 1 << 20: bytes -> MB)."""
         vals: dict[str, Any] = {}
         for name, res in systems.items():
             data = res.get(scenario)
             if isinstance(data, list):
                 data = next((d for d in data if match and d.get(match[0]) == match[1]), None)
             if isinstance(data, dict) and key in data:
-                vals[name] = data[key]
+                value = data[key]
+                vals[name] = round(value / per, 1) if per != 1 and value is not None else value
         if vals:
             rows.append((label, vals))
 
@@ -72,12 +75,32 @@ def metric_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     add("waves: RSS growth last vs first", "waves", "last_vs_first_after_growth")
     for n in _sizes(systems, "publish", "connections"):
         add(f"publish {n} connections: publishes/s", "publish", "publishes_per_s", ("connections", n))
+    for n in _sizes(systems, "many", "channels"):
+        m = f"many {n:,} channels"
+        add(f"{m}: time to publish all (s)", "many", "time_to_publish_all_s")
+        add(f"{m}: publishes/s", "many", "publishes_per_s")
+        add(f"{m}: RSS before (MB)", "many", "rss_before_kb", per=1024)
+        add(f"{m}: peak RSS (MB)", "many", "peak_rss_kb", per=1024)
+        add(f"{m}: RSS after publishing (MB)", "many", "rss_after_publish_kb", per=1024)
+        add(f"{m}: history bytes after publishing (MB)", "many", "history_bytes_after_publish", per=1 << 20)
+        add(f"{m}: forgotten after publishing", "many", "forgotten_after_publish")
+        add(f"{m}: forgotten", "many", "forgotten")
+        add(f"{m}: time to forget all (s)", "many", "time_to_forget_all_s")
+        add(f"{m}: RSS settled (MB)", "many", "rss_settled_kb", per=1024)
+        add(f"{m}: RSS settled after (s)", "many", "settle_s")
     return rows
 
 
 def _sizes(systems: dict[str, Any], scenario: str, key: str) -> list[int]:
-    sizes = {d[key] for res in systems.values() for d in res.get(scenario, []) if isinstance(d, dict)}
-    return sorted(sizes)
+    """The sizes a scenario ran at: a list of results, or one result (a dict)."""
+    runs = [d for res in systems.values() for d in _as_list(res.get(scenario))]
+    return sorted({d[key] for d in runs if key in d})
+
+
+def _as_list(data: Any) -> list[dict[str, Any]]:
+    if isinstance(data, dict):
+        return [data]
+    return [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
 
 
 def markdown(results: dict[str, Any]) -> str:

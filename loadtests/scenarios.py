@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from loadtests.common import LOOPBACK
 from loadtests.gen.pool import GeneratorPool
 from loadtests.gen.publisher import (
     PublishResult,
     publish_closed_loop,
+    publish_each_once,
     publish_rate,
     publish_unpaced,
     run_async,
@@ -48,13 +51,28 @@ class Sizes:
     waves: int = 5
     publish_connections: tuple[int, ...] = (8, 32)
     publish_channels: int = 1_000
+    many_channels: int = 1_000_000
+    many_connections: int = 8
+    many_ttl_s: float = 10.0  # HUB_HISTORY_TTL of the many scenario's hub
+    many_heartbeat_s: float = 2.0  # HUB_HEARTBEAT_SECONDS: the sweep runs every quarter of it
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(
             connections=(1_000, 5_000), fanout=(100, 1_000), duration_s=3.0, latency_subscribers=500,
             channel_subscribers=2_000, channels=200, wave_size=2_000, waves=3, publish_connections=(8,),
+            many_channels=100_000,
         )  # fmt: skip
+
+
+def server_env(scenario: str, sizes: Sizes) -> dict[str, str]:
+    """Environment a scenario needs its server started with (laid over the server's own)."""
+    if scenario == "many":
+        return {
+            "HUB_HISTORY_TTL": f"{sizes.many_ttl_s:g}",
+            "HUB_HEARTBEAT_SECONDS": f"{sizes.many_heartbeat_s:g}",
+        }
+    return {}
 
 
 def _unique(prefix: str) -> str:
@@ -222,6 +240,105 @@ def publish(server: Server, connections: int, n_channels: int, duration: float) 
         "publishes_per_s": round(pub.accepted / pub.elapsed_s) if pub.elapsed_s else 0,
         "publisher_cpu_busy": round(cpu / pub.elapsed_s, 2) if pub.elapsed_s else None,
     }
+
+
+# many: the publisher is given at least this rate before it is stopped (bounds the run).
+MANY_MIN_RATE = 1_000.0
+# many: after the TTL, the sweep has this long (plus one second per 20,000 channels) to forget all.
+MANY_FORGET_GRACE_S = 30.0
+METRICS_POLL_S = 0.5
+
+
+def many(server: Server, n_channels: int, connections: int, ttl_s: float) -> dict[str, Any]:
+    """One event to each of n distinct channels, then nothing: does the hub forget them all
+    once the history TTL passed, and does its memory come back?
+
+    The server must run with a short HUB_HISTORY_TTL (``ttl_s``) and heartbeat (see
+    :func:`server_env`), so that its sweep forgets expired channels every few tenths of a
+    second.  Reports the publish rate, peak RSS (VmHWM), RSS and ``ssehub_history_bytes``
+    right after publishing, how long until ``ssehub_channels_forgotten_total`` reached the
+    number of channels accepted, and RSS once it held still after that.
+    """
+    prefix = _unique("many")
+    names = [f"{prefix}x{i}" for i in range(n_channels)]
+    before = _metrics(server)
+    rss0 = server.rss_kb()
+    cpu0 = time.process_time()
+    timeout = 30.0 + n_channels / MANY_MIN_RATE
+    pub = run_async(lambda: publish_each_once(server.target(), names, connections, timeout))
+    assert isinstance(pub, PublishResult)
+    cpu = time.process_time() - cpu0
+    published_at = time.monotonic()
+    rss_published = server.rss_kb()
+    after_pub = _metrics(server)
+    forgotten0 = int(before.get("ssehub_channels_forgotten_total", 0))
+    want = pub.accepted  # distinct channels that have an event: each was published once
+    deadline = published_at + ttl_s + MANY_FORGET_GRACE_S + n_channels / 20_000
+    forgotten, end, rss_max = _wait_forgotten(server, forgotten0 + want, deadline)
+    forget_s = time.monotonic() - published_at
+    if forgotten - forgotten0 < want:
+        log.warning("%s: %d of %d channels forgotten after %.0f s", server.name, forgotten, want, forget_s)
+    rss_settled, settle_s = _settled_rss(server)
+    # VmHWM is folded from the kernel's (approximate, per-CPU) RSS counters now and then,
+    # so it can trail a VmRSS read a moment before: the peak is the larger of them.
+    peak = max(server.peak_rss_kb(), rss_published, rss_max)
+    return {
+        "channels": n_channels,
+        "connections": connections,
+        "history_ttl_s": ttl_s,
+        "publish": pub.as_dict(),
+        "time_to_publish_all_s": round(pub.elapsed_s, 2),
+        "publishes_per_s": round(pub.accepted / pub.elapsed_s) if pub.elapsed_s else 0,
+        "publisher_cpu_busy": round(cpu / pub.elapsed_s, 2) if pub.elapsed_s else None,
+        "rss_before_kb": rss0,
+        "peak_rss_kb": peak,
+        "rss_after_publish_kb": rss_published,
+        "history_bytes_after_publish": _int(after_pub, "ssehub_history_bytes"),
+        "forgotten_after_publish": int(after_pub.get("ssehub_channels_forgotten_total", 0)) - forgotten0,
+        "evicted_after_publish": _int(after_pub, "ssehub_history_evicted_total"),
+        "forgotten": forgotten - forgotten0,
+        "all_forgotten": forgotten - forgotten0 >= want,
+        "time_to_forget_all_s": round(forget_s, 2),
+        "history_bytes_after_forget": _int(end, "ssehub_history_bytes"),
+        "expired": _int(end, "ssehub_history_expired_total"),
+        "evicted": _int(end, "ssehub_history_evicted_total"),
+        "rss_settled_kb": rss_settled,
+        "settle_s": settle_s,
+        "rss_settled_over_before": round(rss_settled / rss0, 3) if rss0 else None,
+    }
+
+
+def _metrics(server: Server) -> dict[str, float]:
+    """The unlabelled samples of the server's /metrics (Prometheus text format)."""
+    url = f"http://{LOOPBACK}:{server.port}/metrics"
+    with urllib.request.urlopen(url, timeout=5.0) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if line and not line.startswith("#") and "{" not in name:
+            out[name] = float(value)
+    return out
+
+
+def _int(metrics: dict[str, float], name: str) -> int | None:
+    value = metrics.get(name)
+    return int(value) if value is not None else None
+
+
+def _wait_forgotten(server: Server, want: int, deadline: float) -> tuple[int, dict[str, float], int]:
+    """Poll /metrics until ssehub_channels_forgotten_total reaches ``want`` (or the deadline).
+
+    Returns the last count, the last metrics and the highest RSS read meanwhile.
+    """
+    rss_max = 0
+    while True:
+        metrics = _metrics(server)
+        rss_max = max(rss_max, server.rss_kb())
+        forgotten = int(metrics.get("ssehub_channels_forgotten_total", 0))
+        if forgotten >= want or time.monotonic() >= deadline:
+            return forgotten, metrics, rss_max
+        time.sleep(METRICS_POLL_S)
 
 
 def waves(server: Server, pool: GeneratorPool, size: int, n_waves: int) -> dict[str, Any]:

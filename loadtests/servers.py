@@ -21,6 +21,7 @@ from loadtests.common import (
     free_port,
     preexec_raise_limit,
     stop_process,
+    tree_peak_rss_kb,
     tree_rss_kb,
     wait_http_ok,
     wait_tcp,
@@ -48,6 +49,9 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix=f"ssebench-{self.name}-"))
         self.log_path = self.workdir / "server.log"
+        # Set by a scenario that needs the server configured its way (scenarios.server_env):
+        # laid over env() at start, so it wins over the defaults and the caller's environment.
+        self.extra_env: dict[str, str] = {}
 
     # Subclasses fill these in.
     def command(self) -> list[str]:
@@ -67,13 +71,14 @@ class Server:
         cmd = self.command()
         if self.core is not None and shutil.which("taskset"):
             cmd = ["taskset", "-c", str(self.core), *cmd]
-        log.info("starting %s: %s", self.name, " ".join(cmd))
+        extra = " ".join(f"{k}={v}" for k, v in self.extra_env.items())
+        log.info("starting %s: %s%s", self.name, f"{extra} " if extra else "", " ".join(cmd))
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 cmd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=self.env(),
+                env={**self.env(), **self.extra_env},
                 cwd=str(REPO_ROOT),
                 preexec_fn=preexec_raise_limit,
             )
@@ -91,6 +96,10 @@ class Server:
     def rss_kb(self) -> int:
         """VmRSS of the server and its worker processes."""
         return tree_rss_kb(self.proc.pid) if self.alive() and self.proc else 0
+
+    def peak_rss_kb(self) -> int:
+        """VmHWM (peak RSS since start) of the server and its worker processes."""
+        return tree_peak_rss_kb(self.proc.pid) if self.alive() and self.proc else 0
 
     def log_tail(self, n: int = 2000) -> str:
         try:

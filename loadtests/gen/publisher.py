@@ -1,12 +1,14 @@
 """Keep-alive HTTP/1.1 publisher on raw asyncio protocols.
 
-Three drivers:
+Four drivers:
   * publish_rate        -- open loop, a fixed events/s schedule (latency scenario).
   * publish_closed_loop -- keeps at most `window` events in flight beyond what the
     subscribers have received on average, so the rate settles at what the system
     sustains (fan-out and channel scenarios).
   * publish_unpaced     -- each connection sends its next event as soon as the last
     one is answered; needs no subscribers (publish scenario).
+  * publish_each_once   -- one event to each of many channels, each connection
+    through its share of them, back to back (many scenario).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -127,10 +129,15 @@ class _Publisher:
 
     async def publish_one(self, conn: _PubConn) -> tuple[_PubConn, bool]:
         """Publish on the next channel; reconnect if the server closed the connection."""
-        if conn.lost:
-            conn = await self._open()
         ch = self.channels[self.next_channel % len(self.channels)]
         self.next_channel += 1
+        return await self.publish_to(conn, ch)
+
+    async def publish_to(self, conn: _PubConn, ch: str) -> tuple[_PubConn, bool]:
+        """Publish one event on ``ch`` and wait for the answer; reconnect if the
+        server closed the connection."""
+        if conn.lost:
+            conn = await self._open()
         self.in_flight += 1
         status = await conn.request(self.target.publish_request(ch))
         self.in_flight -= 1
@@ -232,6 +239,32 @@ async def publish_unpaced(
     """Back to back for `duration` seconds: each of `conns` keep-alive connections
     sends its next event (to the next channel in turn) once the last one is answered."""
     return await publish_closed_loop(target, channels, duration, math.inf, 1.0, lambda: 0, conns)
+
+
+async def publish_each_once(
+    target: Target, channels: Sequence[str], conns: int = 8, timeout: float | None = None
+) -> PublishResult:
+    """One event to every channel: connection k takes ``channels[k::conns]`` and POSTs
+    to each exactly once, in order, waiting for each answer.  A refused publish is
+    counted (``errors``, ``statuses``), not retried.  Stops after ``timeout`` seconds
+    if given (``elapsed_s`` then covers the part done)."""
+    pub = _Publisher(target, [], conns)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+
+    async def run_conn(k: int) -> None:
+        conn = await pub._open()
+        for i in range(k, len(channels), conns):
+            conn, _ = await pub.publish_to(conn, channels[i])
+        if conn.transport is not None:
+            conn.transport.close()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(run_conn(k) for k in range(conns))), timeout)
+    except TimeoutError:
+        log.warning("publish_each_once: stopped after %.0f s, %d accepted", timeout, pub.result.accepted)
+    pub.result.elapsed_s = loop.time() - t0
+    return pub.result
 
 
 def run_async(coro_factory: Callable[[], object]) -> object:
