@@ -7,7 +7,6 @@ import asyncio
 import gc
 import time
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -21,19 +20,13 @@ from hub.core.subscriber import Subscriber
 from hub.housekeeping import release_memory
 from hub.inputs import resumes_for
 from tests.core.helpers import RecordingSink
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.anyio
 
 
 def payloads(*values: object) -> list[Payload]:
     return [Payload("json", orjson.dumps(v).decode()) for v in values]
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def rss_kb() -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import fakeredis
@@ -24,49 +23,10 @@ from hub.core.ids import ZERO, Key, format_id, parse_id
 from hub.inputs import InputError, Limits
 from hub.publisher import AsyncPublisher, Message, Publisher
 from hub.settings import Settings
+from tests.brokers.conftest import Make
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.anyio
-
-Make = Callable[..., Awaitable[tuple[RedisBroker, list[Event]]]]
-
-
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-async def make(server: fakeredis.FakeServer) -> AsyncIterator[Make]:
-    """Started brokers on the shared fake server, each with the list of events it delivered."""
-    brokers: list[RedisBroker] = []
-
-    async def make(**kwargs: object) -> tuple[RedisBroker, list[Event]]:
-        options: dict[str, object] = {"ping_seconds": 0.05, "backoff_base": 0.01, "backoff_cap": 0.05}
-        options.update(kwargs)
-        broker = RedisBroker(
-            "redis://fake:6379/0",
-            connection_kwargs={"connection_class": FakeAsyncRedisConnection, "server": server},
-            **options,  # type: ignore[arg-type]
-        )
-        delivered: list[Event] = []
-        await broker.start(delivered.append)
-        brokers.append(broker)
-        return broker, delivered
-
-    yield make
-    for broker in brokers:
-        await broker.stop()
-
-
-@pytest.fixture
-def redis(server: fakeredis.FakeServer) -> fakeredis.FakeAsyncRedis:
-    return fakeredis.FakeAsyncRedis(server=server)
-
-
-async def until(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.005)
 
 
 def json_payloads(*values: int) -> list[Payload]:

@@ -7,64 +7,24 @@ from __future__ import annotations
 import asyncio
 import time
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import fakeredis
 import pytest
-from fakeredis.aioredis import FakeAsyncRedisConnection
 from redis.exceptions import ResponseError
 
 from hub.brokers import redis as redis_broker
-from hub.brokers.redis import RedisBroker
 from hub.brokers.redis_codec import SCRIPT, stream_key
 from hub.core.event import Event, Payload
 from hub.core.ids import parse_id
 from hub.publisher import AsyncPublisher, Publisher
+from tests.brokers.conftest import Make
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.anyio
 
-Make = Callable[..., Awaitable[tuple[RedisBroker, list[Event]]]]
 KEY = stream_key("hub", "c")
 HOUR_MS = 3_600_000
-
-
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture
-def redis(server: fakeredis.FakeServer) -> fakeredis.FakeAsyncRedis:
-    return fakeredis.FakeAsyncRedis(server=server)
-
-
-@pytest.fixture
-async def make(server: fakeredis.FakeServer) -> AsyncIterator[Make]:
-    brokers: list[RedisBroker] = []
-
-    async def make(**kwargs: Any) -> tuple[RedisBroker, list[Event]]:
-        options: dict[str, Any] = {"ping_seconds": 0.05, "backoff_base": 0.01, "backoff_cap": 0.05}
-        options.update(kwargs)
-        broker = RedisBroker(
-            "redis://fake:6379/0",
-            connection_kwargs={"connection_class": FakeAsyncRedisConnection, "server": server},
-            **options,
-        )
-        delivered: list[Event] = []
-        await broker.start(delivered.append)
-        brokers.append(broker)
-        return broker, delivered
-
-    yield make
-    for broker in brokers:
-        await broker.stop()
-
-
-async def until(check: Callable[[], Any], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
 
 
 async def until_gone(redis: fakeredis.FakeAsyncRedis, key: str, timeout: float = 5.0) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -12,27 +11,13 @@ from hub.brokers.memory import MemoryBroker
 from hub.core.event import Payload
 from hub.core.hub import Hub
 from hub.core.subscriber import Subscriber
-from hub.http.app import HubApp, create_app
-from hub.settings import Settings
+from hub.http.app import HubApp
 from tests.core.helpers import RecordingSink
+from tests.http.conftest import http
 
 pytestmark = pytest.mark.anyio
 
 ONE = [Payload("json", "1")]
-
-
-@pytest.fixture
-async def app() -> AsyncIterator[HubApp]:
-    hub_app = create_app(Settings())
-    await hub_app.start()
-    try:
-        yield hub_app
-    finally:
-        await hub_app.stop()
-
-
-def http(app: HubApp) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hub")
 
 
 def hub(app: HubApp) -> Hub:

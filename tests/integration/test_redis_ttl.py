@@ -25,6 +25,7 @@ from hub.publisher import AsyncPublisher
 from tests.integration.conftest import node
 from tests.support.client import client, open_stream
 from tests.support.procs import RedisServer
+from tests.support.waiting import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -63,12 +64,6 @@ async def make(server: RedisServer) -> AsyncIterator[Make]:
     yield make
     for broker in brokers:
         await broker.stop()
-
-
-async def until(check: Callable[[], Any], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
 
 
 async def until_gone(aredis: redis.asyncio.Redis, key: str, timeout: float = 5.0) -> None:
