@@ -310,7 +310,9 @@ def resumes_for(last_event_id: str, channels: int, multi: bool) -> list[Resume |
         return [Resume(key, requested=value)]
     positions = decode_cursor(value, channels)
     if positions is None:
-        return [Resume(None, requested=None, malformed=True) for _ in range(channels)]
+        # Each channel's hub.gap names what was sent (a single-channel id, a
+        # cursor of another channel list, or anything else).
+        return [Resume(None, requested=value, malformed=True) for _ in range(channels)]
     return [Resume(p, requested=format_id(p)) for p in positions]
 
 

@@ -265,6 +265,8 @@ class Hub:
             raise ValueError("one resume per channel")
         self.subscribers[sub] = None
         self.stats.streams_opened += 1
+        # Idle time starts now: the first heartbeat comes after a whole interval.
+        sub.last_epoch = self.epoch
         sub.held = []
         sub.held_bytes = 0
         channels = [self._join(name, sub) for name in sub.channels]

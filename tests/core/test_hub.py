@@ -218,9 +218,10 @@ async def test_multi_channel_malformed_cursor_gaps_every_channel(hub: Hub) -> No
     await publish(hub, "a", 1)
     _, sink = await subscribe(hub, "a", "b", last_event_id="1-0")
     gaps = [orjson.loads(e.data) for e in sink.events() if e.type == "hub.gap"]
+    # ``requested`` is what the client sent, as the README promises (issue #14).
     assert gaps == [
-        {"channel": "a", "requested": None, "oldest": gaps[0]["oldest"]},
-        {"channel": "b", "requested": None, "oldest": None},
+        {"channel": "a", "requested": "1-0", "oldest": gaps[0]["oldest"]},
+        {"channel": "b", "requested": "1-0", "oldest": None},
     ]
 
 
