@@ -44,21 +44,71 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_setting_flags(serve)
 
-    pub = sub.add_parser("publish", help="publish one event")
+    url_help = "the hub's URL (default: $HUB_URL, else http://127.0.0.1:8000)"
+    token_help = "send Authorization: Bearer TOKEN (default: $HUB_TOKEN)"
+    pub = sub.add_parser(
+        "publish",
+        help="publish one event, or one per line of stdin (--lines)",
+        description="Publish one event: JSON data (or text with --text) from the argument, a file"
+        " (@path) or stdin (-). With --lines, every line of stdin is an event of its own.",
+        epilog="--lines: lines go in batches (one JSON array request, up to 500 lines or 50 ms"
+        " after a batch's first line), each line as a JSON string: a subscriber's data is the line"
+        " as a JSON string (JSON.parse gives the line back). With --text too, each line is a text"
+        " event, the line exactly, one request per line. Empty lines are skipped (the hub refuses"
+        " empty text). stdin is not read while a batch is being sent. When the hub answers"
+        " 429/502/503/504 or cannot be reached, a batch is retried with backoff (honouring"
+        " Retry-After) for up to --max-wait seconds; lines that still cannot be sent, or that the"
+        " hub refuses, are counted on stderr and the exit status is 1.",
+    )
     pub.add_argument("channel")
-    pub.add_argument("data", nargs="?", default="-", help="JSON text, @file, or - for stdin (default)")
+    pub.add_argument(
+        "data",
+        nargs="?",
+        default="-",
+        help="JSON text, @file, or - for stdin (default); not with --lines",
+    )
     pub.add_argument("--event", help="event type")
-    pub.add_argument("--text", action="store_true", help="send the data as text, not JSON")
-    pub.add_argument("--url", default=DEFAULT_URL)
-    pub.add_argument("--token", default=os.environ.get("HUB_TOKEN"))
+    pub.add_argument(
+        "--text",
+        action="store_true",
+        help="send the data as text, not JSON; one final line break of a file or stdin is dropped",
+    )
+    pub.add_argument(
+        "--retry", type=int, metavar="MS", help="the reconnection delay subscribers are told (retry:)"
+    )
+    pub.add_argument(
+        "--lines", action="store_true", help="each non-empty line of stdin is one event (see below)"
+    )
+    pub.add_argument(
+        "--max-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --lines: how long a batch is retried before its lines count as not sent (default: 60)",
+    )
+    pub.add_argument("--url", default=DEFAULT_URL, help=url_help)
+    pub.add_argument("--token", default=os.environ.get("HUB_TOKEN"), help=token_help)
 
     tail = sub.add_parser("tail", help="print a stream's events as they arrive, reconnecting as browsers do")
     tail.add_argument("channels", nargs="+")
-    tail.add_argument("--last-event-id", default="")
-    tail.add_argument("--url", default=DEFAULT_URL)
-    tail.add_argument("--token", default=os.environ.get("HUB_TOKEN"))
-    tail.add_argument("--raw", action="store_true", help="print the bytes of the wire")
-    tail.add_argument("--count", type=int, default=0, help="exit after this many events")
+    tail.add_argument("--last-event-id", default="", help="resume after this id, or 'earliest'")
+    tail.add_argument("--url", default=DEFAULT_URL, help=url_help)
+    tail.add_argument("--token", default=os.environ.get("HUB_TOKEN"), help=token_help)
+    shown = tail.add_mutually_exclusive_group()
+    shown.add_argument("--raw", action="store_true", help="print the bytes of the wire")
+    shown.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per event: id, event, channel, data (parsed when it is JSON, else the"
+        " text), for jq",
+    )
+    tail.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        metavar="N",
+        help="exit after N events of the channels (the hub's own hub.* events are not counted)",
+    )
     return parser
 
 
@@ -89,8 +139,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     if args.command == "publish":
-        return client.publish_command(args.url, args.channel, args.data, args.event, args.text, args.token)
-    return client.tail_command(args.url, args.channels, args.last_event_id, args.raw, args.count, args.token)
+        if args.lines:
+            if args.data != "-":
+                print("ssehub publish: --lines reads stdin; give no data argument", file=sys.stderr)
+                return 2
+            return client.publish_lines_command(
+                args.url, args.channel, args.event, args.text, args.token, args.retry, args.max_wait
+            )
+        return client.publish_command(
+            args.url, args.channel, args.data, args.event, args.text, args.token, args.retry
+        )
+    return client.tail_command(
+        args.url, args.channels, args.last_event_id, args.raw, args.count, args.token, args.json
+    )
 
 
 def _add_setting_flags(serve: argparse.ArgumentParser) -> None:

@@ -65,6 +65,16 @@ def find_hub_app(app: Any) -> HubApp | None:
 
 
 class DrainingServer(uvicorn.Server):
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn runs the lifespan (the broker connects) before it binds: the hub has
+        # started only once the socket is bound too (a port in use exits in between).
+        await super().startup(sockets)
+        if self.started:
+            hub_app = find_hub_app(self.config.loaded_app)
+            broker = hub_app.hub.broker.name if hub_app is not None and hub_app.hub is not None else "?"
+            where = f"{self.config.host}:{self.config.port}" if sockets is None else "the shared socket"
+            log.info("hub started with the %s broker, listening on %s", broker, where)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         hub_app = find_hub_app(self.config.loaded_app)
         if hub_app is not None:

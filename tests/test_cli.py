@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import tomllib
@@ -282,3 +283,41 @@ def test_a_misspelt_variable_is_refused_even_with_good_flags(
     assert main(["serve", "--history-size", "5"]) == 2
     assert "HUB_HISTORY_SIZ" in capsys.readouterr().err
     assert not served
+
+
+# -- "hub started" only once the socket is bound ---------------------------------------------
+
+
+def serve_on_a_port_in_use() -> subprocess.CompletedProcess[str]:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        return ssehub("serve", "--host", "127.0.0.1", "--port", port, env={"HUB_LOG_LEVEL": "info"})
+
+
+@integration
+def test_serve_logs_started_after_the_socket_is_bound() -> None:
+    hub = HubProcess({"HUB_LOG_LEVEL": "info"})
+    hub.start()
+    try:
+        log = hub.log()
+        running = log.index("Uvicorn running on")
+        assert log.index(f"hub started with the memory broker, listening on 127.0.0.1:{hub.port}") > running
+    finally:
+        hub.stop()
+
+
+@integration
+def test_serve_on_a_port_in_use_never_says_listening() -> None:
+    result = serve_on_a_port_in_use()
+    assert result.returncode != 0
+    assert "address already in use" in result.stderr
+    assert "listening on" not in result.stderr
+
+
+@integration
+def test_serve_on_a_port_in_use_never_says_started() -> None:
+    result = serve_on_a_port_in_use()
+    assert result.returncode != 0
+    assert "hub started" not in result.stderr

@@ -84,9 +84,11 @@ class PubSubListener:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        task = self._task
+        if task is not None:
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
             self._task = None
         self._failed.close()
         self._undelivered.close()
@@ -129,7 +131,9 @@ class PubSubListener:
     # -- the loop -----------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        # Checked as well as cancelled: a library timeout that fires together with the
+        # cancellation can turn it into a TimeoutError, which this loop would retry forever.
+        while not self._stopping:
             conn = self._connect()
             up_since: float | None = None
             try:
@@ -152,7 +156,8 @@ class PubSubListener:
                     self._on_lost()
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
-            await asyncio.sleep(self._backoff(self.failures))
+            if not self._stopping:
+                await asyncio.sleep(self._backoff(self.failures))
 
     def _failure(self, up_since: float | None, message: str, exc: BaseException) -> None:
         if up_since is not None and time.monotonic() - up_since >= self.healthy_seconds:

@@ -122,7 +122,7 @@ class HubApp(Router):
             return hub.stats.streams_closed + forgotten
 
         self._trimmer = asyncio.create_task(trim_after_closes(released))
-        log.info("hub started with the %s broker", broker.name)
+        log.info("%s broker connected", broker.name)
 
     def drain(self) -> int:
         """Refuse new streams and end the open ones, each told to come back
