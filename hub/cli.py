@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from hub.settings import Settings, default_text, env_var, flag, unknown_variables
+from hub.settings import SECRET_SETTINGS, Settings, default_text, env_var, flag, unknown_variables
 
 DEFAULT_URL = os.environ.get("HUB_URL", "http://127.0.0.1:8000")
 
@@ -89,6 +89,32 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--url", default=DEFAULT_URL, help=url_help)
     pub.add_argument("--token", default=os.environ.get("HUB_TOKEN"), help=token_help)
 
+    tok = sub.add_parser(
+        "token",
+        help="mint a JWT (HS256) from $HUB_JWT_SECRET",
+        description="Print a JWT signed with $HUB_JWT_SECRET (or --secret) granting reading and"
+        " publishing the channels that the globs name. Glob options repeat or take commas.",
+        epilog="Example: ssehub token --subscribe 'orders-*,user-42' --ttl 1h",
+    )
+    tok.add_argument("--subscribe", action="append", default=[], metavar="GLOBS", help="channels it may read")
+    tok.add_argument(
+        "--publish", action="append", default=[], metavar="GLOBS", help="channels it may publish to"
+    )
+    tok.add_argument(
+        "--admin", action="store_true", help="it may read the admin endpoints (/channels, /metrics)"
+    )
+    tok.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d; 0 for no exp (default: 1h)")
+    tok.add_argument("--subject", help="the sub claim (who it is for: the rate limit's key)")
+    tok.add_argument(
+        "--audience", default=os.environ.get("HUB_JWT_AUDIENCE"), help="aud (default: $HUB_JWT_AUDIENCE)"
+    )
+    tok.add_argument(
+        "--issuer", default=os.environ.get("HUB_JWT_ISSUER"), help="iss (default: $HUB_JWT_ISSUER)"
+    )
+    tok.add_argument(
+        "--secret", default=os.environ.get("HUB_JWT_SECRET"), help="the key (default: $HUB_JWT_SECRET)"
+    )
+
     tail = sub.add_parser("tail", help="print a stream's events as they arrive, reconnecting as browsers do")
     tail.add_argument("channels", nargs="+")
     tail.add_argument("--last-event-id", default="", help="resume after this id, or 'earliest'")
@@ -135,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hub.server import serve
 
         return serve(settings)
+    if args.command == "token":
+        return _token(args)
     from hub import client
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -152,6 +180,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     return client.tail_command(
         args.url, args.channels, args.last_event_id, args.raw, args.count, args.token, args.json
     )
+
+
+def _token(args: argparse.Namespace) -> int:
+    from hub.tokens import mint, parse_ttl
+
+    if not args.secret:
+        print("ssehub token: no key: set HUB_JWT_SECRET or give --secret", file=sys.stderr)
+        return 2
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError as exc:
+        print(f"ssehub token: --ttl: {exc}", file=sys.stderr)
+        return 2
+    globs = {
+        name: [g.strip() for v in getattr(args, name) for g in v.split(",") if g.strip()]
+        for name in ("subscribe", "publish")
+    }
+    if not (globs["subscribe"] or globs["publish"] or args.admin):
+        print("ssehub token: grant something: --subscribe, --publish or --admin", file=sys.stderr)
+        return 2
+    print(
+        mint(
+            args.secret,
+            subscribe=globs["subscribe"],
+            publish=globs["publish"],
+            admin=args.admin,
+            ttl=ttl,
+            subject=args.subject,
+            audience=args.audience,
+            issuer=args.issuer,
+        )
+    )
+    return 0
 
 
 def _add_setting_flags(serve: argparse.ArgumentParser) -> None:
@@ -182,7 +243,7 @@ def _metavar(annotation: Any) -> str:
             return _metavar(kinds[0])
     if typing.get_origin(annotation) is typing.Literal:
         return "{" + ",".join(str(choice) for choice in typing.get_args(annotation)) + "}"
-    names = {int: "INT", float: "NUMBER", str: "TEXT"}
+    names = {bool: "BOOL", int: "INT", float: "NUMBER", str: "TEXT"}
     if annotation in names:
         return names[annotation]
     raise TypeError(f"no flag for a setting of type {annotation!r}")
@@ -194,10 +255,10 @@ def _explain(exc: ValidationError, overrides: Mapping[str, str], environ: Mappin
     for err in exc.errors():
         name = str(err["loc"][0]) if err["loc"] else ""
         if name in overrides:
-            where = f"{flag(name)} {_shown(overrides[name])}"
+            where = f"{flag(name)} {_shown(overrides[name], name)}"
         elif name in Settings.model_fields:
             key = _environ_key(environ, env_var(name))
-            where = f"{key}={_shown(environ[key])}" if key is not None else env_var(name)
+            where = f"{key}={_shown(environ[key], name)}" if key is not None else env_var(name)
         else:
             where = "bad setting"
         lines.append(f"ssehub: {where}: {_message(err)}")
@@ -218,8 +279,10 @@ def _message(err: ErrorDetails) -> str:
     return " ".join(msg.split())
 
 
-def _shown(value: str) -> str:
-    """A value as the user would type it in a shell, always on one line."""
+def _shown(value: str, name: str = "") -> str:
+    """A value as the user would type it in a shell, always on one line; a secret never."""
+    if name in SECRET_SETTINGS:
+        return "(hidden)"
     return shlex.quote(value) if value.isprintable() else repr(value)
 
 

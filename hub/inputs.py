@@ -354,3 +354,28 @@ def check_payload(
         raise bad(f"{where}: data is not valid UTF-8") from None
     _check_size(size, limits, where)
     return Payload("text", data, event, retry)
+
+
+IDEMPOTENCY_KEY_RE = re.compile(r"[!-~]{1,255}")
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """An ``Idempotency-Key``: 1-255 visible ASCII characters (``!`` to ``~``), or None.
+
+    A publish with the key of an earlier one on the same channel (within
+    HUB_IDEMPOTENCY_SECONDS) stores nothing and gets that publish's ids.
+    """
+    if value is None:
+        return None
+    if not IDEMPOTENCY_KEY_RE.fullmatch(value):
+        raise bad("Idempotency-Key is 1-255 of the visible ASCII characters (! to ~), no spaces")
+    return value
+
+
+def idempotency_conflict() -> InputError:
+    """A publish whose Idempotency-Key an earlier publish with other events used."""
+    return InputError(
+        422,
+        "idempotency_conflict",
+        "this Idempotency-Key was used for other events on this channel; use a new key for a new publish",
+    )

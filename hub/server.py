@@ -13,21 +13,28 @@ process with its own hub and Redis connection.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
 import resource
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import uvicorn
 
 from hub.http.app import HubApp, create_app
+from hub.http.auth import install_redaction
 from hub.http.protocol import protocol_class
-from hub.settings import Settings
+from hub.settings import SECRET_SETTINGS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +82,17 @@ class DrainingServer(uvicorn.Server):
             where = f"{self.config.host}:{self.config.port}" if sockets is None else "the shared socket"
             log.info("hub started with the %s broker, listening on %s", broker, where)
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                # A stop asked for with SIGTERM or Ctrl-C that drained cleanly is a clean
+                # exit (status 0): uvicorn would raise the signal again, and `make run`
+                # would end with "make: *** [run] Terminated" (or "Interrupt").
+                self._captured_signals.clear()
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         hub_app = find_hub_app(self.config.loaded_app)
         if hub_app is not None:
@@ -87,11 +105,20 @@ def fd_reserve(settings: Settings) -> int:
     return FD_HEADROOM + (settings.redis_pool_size if settings.redis_url else 0)
 
 
-def uvicorn_config(settings: Settings, app: HubApp | None = None) -> uvicorn.Config:
+def uvicorn_config(
+    settings: Settings, app: HubApp | None = None, metrics_dir: str | None = None
+) -> uvicorn.Config:
     app = app if app is not None else create_app(settings)
     protocol = protocol_class(settings.max_header_bytes, settings.header_timeout, fd_reserve(settings))
     app.state.connections = protocol.guard  # its counters are in /metrics
-    return uvicorn.Config(
+    # Publishes are answered in the connection itself (HubApp.answer_now) unless every
+    # request is to be logged: uvicorn's access log sees only what goes through ASGI.
+    access_log = settings.log_level in ("debug", "trace")
+    protocol.now = None if access_log else app
+    app.state.metrics_dir = metrics_dir  # --workers: one scrape for the node
+    # JSON lines: uvicorn's own loggers go through the root handler too (configure_logging).
+    logging_options: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -101,24 +128,97 @@ def uvicorn_config(settings: Settings, app: HubApp | None = None) -> uvicorn.Con
         http=protocol,
         lifespan="on",
         log_level=settings.log_level,
-        access_log=settings.log_level in ("debug", "trace"),
+        access_log=access_log,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_seconds)),
         # The hub answers with its own JSON; no Server header needed.
         server_header=False,
         backlog=4096,
+        **logging_options,
+    )
+    # After uvicorn has set up its loggers: no query-string token reaches a log line.
+    install_redaction()
+    return config
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``msg``, ``logger``, ``pid``, and the
+    record's ``fields`` (``log.info(..., extra={"fields": {...}})``) as keys of their own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
+            "logger": record.name,
+            "pid": record.process,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update((key, value) for key, value in fields.items() if key not in out)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(
+        level=logging.DEBUG if level in ("debug", "trace") else getattr(logging, level.upper()),
+        handlers=[handler],
     )
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if level in ("debug", "trace") else getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
+def effective_settings(settings: Settings) -> dict[str, Any]:
+    """Every setting's value, secrets (and a Redis URL's password) redacted."""
+    out: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name in SECRET_SETTINGS and value:
+            value = "(redacted)"
+        elif name == "redis_url" and value:
+            value = _without_password(value)
+        out[name] = value
+    return out
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:(redacted)@{host}"))
+
+
+def log_start(settings: Settings, nofile: int) -> None:
+    """What this process runs with: its settings, broker, open-file limit, streams it can hold."""
+    values = effective_settings(settings)
+    log.info(
+        "settings: %s",
+        " ".join(f"{key}={value}" for key, value in values.items()),
+        extra={"fields": {"settings": values}},
+    )
+    unlimited = nofile in (resource.RLIM_INFINITY, -1)
+    streams = settings.max_connections if unlimited else max(0, nofile - fd_reserve(settings))
+    streams = min(settings.max_connections, streams)
+    broker = "redis" if settings.redis_url else "memory"
+    log.info(
+        "%s broker; open-file limit %s: up to %d streams in this process",
+        broker,
+        "unlimited" if unlimited else nofile,
+        streams,
+        extra={"fields": {"broker": broker, "open_file_limit": nofile, "streams_max": streams}},
     )
 
 
 def serve(settings: Settings) -> int:
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.workers > 1 and settings.redis_url is None:
         log.error(
             "--workers %d needs the Redis broker (--redis-url): with the in-memory broker each "
@@ -126,7 +226,7 @@ def serve(settings: Settings) -> int:
             settings.workers,
         )
         return 2
-    raise_nofile_limit(settings.max_connections)
+    log_start(settings, raise_nofile_limit(settings.max_connections))
     if settings.workers == 1:
         server = DrainingServer(uvicorn_config(settings))
         server.run()
@@ -134,10 +234,10 @@ def serve(settings: Settings) -> int:
     return _run_workers(settings)
 
 
-def _worker(settings: Settings, sock: socket.socket) -> None:
-    configure_logging(settings.log_level)
+def _worker(settings: Settings, sock: socket.socket, metrics_dir: str) -> None:
+    configure_logging(settings.log_level, settings.log_format)
     raise_nofile_limit(settings.max_connections)
-    DrainingServer(uvicorn_config(settings)).run(sockets=[sock])
+    DrainingServer(uvicorn_config(settings, metrics_dir=metrics_dir)).run(sockets=[sock])
 
 
 def _run_workers(settings: Settings) -> int:
@@ -146,9 +246,11 @@ def _run_workers(settings: Settings) -> int:
     sock = config.bind_socket()
     ctx = multiprocessing.get_context("spawn")
     stopping = False
+    # Each worker's metrics meet here, so that one scrape answers for the node.
+    metrics_dir = tempfile.mkdtemp(prefix="ssehub-metrics-")
 
     def start_one() -> multiprocessing.process.BaseProcess:
-        proc = ctx.Process(target=_worker, args=(settings, sock), daemon=False)
+        proc = ctx.Process(target=_worker, args=(settings, sock, metrics_dir), daemon=False)
         proc.start()
         return proc
 
@@ -176,4 +278,5 @@ def _run_workers(settings: Settings) -> int:
         if proc.is_alive():
             proc.kill()
     sock.close()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

@@ -14,10 +14,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+# What HUB_REDIS_URL may start with (hub/brokers/redis_url.py reads the rest).
+_REDIS_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+    "redis+cluster://",
+    "rediss+cluster://",
+)
 
 
 class Settings(BaseSettings):
@@ -31,7 +41,8 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None,
         description="unset: the embedded in-memory broker;"
-        " redis://host:port/db (or rediss://, unix://): the Redis broker",
+        " redis://host:port/db (or rediss://, unix://, redis+sentinel://host:26379/master/db,"
+        " redis+cluster://host:7000): the Redis broker",
     )
     # No ":": it separates the prefix from the channel in every key (see _redis_prefix).
     redis_prefix: str = Field(
@@ -109,7 +120,91 @@ class Settings(BaseSettings):
     )
     cors_origins: str = Field(
         "*",
-        description="comma-separated allowed origins, * for any, empty for no CORS headers",
+        description="comma-separated allowed origins, * for any (no cookies then), empty for no CORS headers",
+    )
+
+    # -- security (see the README's Security section) --
+    publish_tokens: str = Field(
+        "",
+        description="comma-separated bearer tokens that may publish to any channel and read the admin"
+        " endpoints (unset, and no JWT key: only local unproxied clients may)",
+    )
+    publish_open: bool = Field(
+        False,
+        description="with no publish credential: let every client publish and read the admin endpoints"
+        " (a private network only)",
+    )
+    private_channels: str = Field(
+        "",
+        description="comma-separated globs (private-*,user-*; * for all): streams of these channels need"
+        " a JWT that grants them",
+    )
+    jwt_secret: str = Field(
+        "",
+        description="HS256 key of subscriber and publisher JWTs (at least 32 characters)",
+    )
+    jwt_public_key: str = Field(
+        "",
+        description="RS256 or ES256 public key of JWTs: PEM text, or the path of a PEM file",
+    )
+    jwt_audience: str = Field("", description="a JWT must carry this aud (unset: no aud check)")
+    jwt_issuer: str = Field("", description="a JWT must carry this iss (unset: no iss check)")
+    jwt_cookie: str = Field(
+        "", description="name of a cookie a subscriber JWT is also read from (unset: no cookie)"
+    )
+    publish_rate: float = Field(
+        0.0,
+        ge=0,
+        le=10_000_000,
+        description="events/s one credential (or client address) may publish; 0: off",
+    )
+    publish_burst: int = Field(
+        0,
+        ge=0,
+        le=10_000_000,
+        description="events one credential may publish at once (0: one second's worth)",
+    )
+    max_streams_per_ip: int = Field(
+        0, ge=0, le=10_000_000, description="streams one client address may hold; 0: no limit"
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="comma-separated addresses or networks whose X-Forwarded-For names the client"
+        " (127.0.0.1 behind the shipped nginx)",
+    )
+    docs: bool = Field(False, description="serve /docs, /redoc and /openapi.json (admin endpoints)")
+
+    # -- Redis in production: idempotent publishes, TLS --
+    idempotency_seconds: float = Field(
+        300.0,
+        ge=1,
+        le=7 * 86400,
+        description="seconds a publish's Idempotency-Key is remembered: a retry within it is not stored"
+        " twice",
+    )
+    redis_ca_cert: str | None = Field(
+        None,
+        description="rediss:// only: PEM file of the CA that signed Redis's certificate (unset: the"
+        " system's)",
+    )
+    redis_client_cert: str | None = Field(
+        None,
+        description="rediss:// only: PEM file of the hub's client certificate, for Redis's tls-auth-clients",
+    )
+    redis_client_key: str | None = Field(
+        None, description="rediss:// only: PEM file of that client certificate's key"
+    )
+
+    # -- seeing the hub: dashboard, logs, metrics --
+    ui: bool = Field(True, description="serve the live dashboard at /ui and its stats stream at /_hub/stats")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="log lines: text for people, json for one object per line (ts, level, msg, fields)",
+    )
+    metrics_channels: str = Field(
+        "",
+        description="comma-separated globs (orders.*,chat): /metrics counts the events and streams"
+        " of the channels each matches, labelled by the glob",
     )
 
     @field_validator("redis_url")
@@ -118,9 +213,27 @@ class Settings(BaseSettings):
         if value in (None, ""):
             return None
         assert value is not None
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.startswith(_REDIS_SCHEMES):
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://,"
+                " redis+cluster:// or rediss+cluster://"
+            )
+        path = value.split("://", 1)[1].split("?")[0].partition("/")[2]
+        if "+sentinel://" in value and not path.strip("/"):
+            raise ValueError("a Sentinel URL names the master: redis+sentinel://host:26379/mymaster/0")
         return value
+
+    @model_validator(mode="after")
+    def _redis_tls_files(self) -> Settings:
+        files = (self.redis_ca_cert, self.redis_client_cert, self.redis_client_key)
+        if any(files) and not (self.redis_url or "").startswith(("rediss://", "rediss+")):
+            raise ValueError(
+                "HUB_REDIS_CA_CERT, HUB_REDIS_CLIENT_CERT and HUB_REDIS_CLIENT_KEY need a TLS"
+                " HUB_REDIS_URL (rediss:// or rediss+sentinel://)"
+            )
+        if bool(self.redis_client_cert) != bool(self.redis_client_key):
+            raise ValueError("HUB_REDIS_CLIENT_CERT and HUB_REDIS_CLIENT_KEY go together")
+        return self
 
     @field_validator("redis_prefix")
     @classmethod
@@ -133,9 +246,34 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("jwt_secret")
+    @classmethod
+    def _jwt_secret(cls, value: str) -> str:
+        # HS256 with a short key falls to an offline guess of the key from one token.
+        if value and len(value.encode()) < 32:
+            raise ValueError("must be at least 32 characters (256 bits); e.g. `openssl rand -hex 32`")
+        return value
+
+    @model_validator(mode="after")
+    def _private_needs_a_key(self) -> Settings:
+        if self.private_channels.strip() and not (self.jwt_secret or self.jwt_public_key):
+            raise ValueError(
+                "HUB_PRIVATE_CHANNELS needs HUB_JWT_SECRET or HUB_JWT_PUBLIC_KEY to check subscribers' tokens"
+            )
+        return self
+
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+
+# Settings whose values are secrets: never logged, never shown.
+SECRET_SETTINGS = frozenset({"publish_tokens", "jwt_secret"})
+
+
+def split_list(value: str) -> list[str]:
+    """A comma-separated setting's items, blanks dropped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 # HUB_* variables read by the client commands, not by the server.
@@ -155,8 +293,10 @@ def flag(name: str) -> str:
 def default_text(name: str) -> str:
     """Setting ``name``'s default as people read it: ``unset`` for None, ``5`` for 5.0."""
     value: Any = Settings.model_fields[name].get_default(call_default_factory=True)
-    if value is None:
+    if value is None or value == "":
         return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -123,7 +124,9 @@ def test_serve_help_lists_every_setting_with_its_flag_variable_default_and_meani
         assert field.description
         entry = squashed(f"{field.description} [{variable}; default: {default_text(name)}]")
         # The flag, its value's metavar, then its meaning, variable and default, together.
-        assert re.search(re.escape(flag) + r"(INT|NUMBER|TEXT|\{[a-z,]+\})" + re.escape(entry), out), name
+        assert re.search(re.escape(flag) + r"(BOOL|INT|NUMBER|TEXT|\{[a-z,]+\})" + re.escape(entry), out), (
+            name
+        )
     assert "--log-level{critical,error,warning,info,debug,trace}" in out
     assert "--max-pending-bytesINTbytesasubscribermayfallbehind" in out
     assert "[HUB_REDIS_URL;default:unset]" in out
@@ -200,7 +203,11 @@ def another_value(name: str) -> tuple[str, object]:
         return choice, choice
     if name == "redis_url":
         return "redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"
-    if isinstance(default, str):
+    if name == "jwt_secret":
+        return "k" * 32, "k" * 32
+    if isinstance(default, bool):
+        return str(not default).lower(), not default
+    if isinstance(default, str) or (default is None and name != "redis_url"):
         return "x", "x"
     assert isinstance(default, int | float), name
     return str(default + 1), default + 1
@@ -212,6 +219,14 @@ def test_every_setting_has_a_flag_that_sets_it(
 ) -> None:
     typed, parsed = another_value(name)
     assert parsed != Settings.model_fields[name].default
+    if name == "private_channels":
+        environ.setenv("HUB_JWT_SECRET", "k" * 32)  # private channels need a key to check tokens with
+    if name.startswith("redis_c"):
+        # TLS files need a TLS URL, and a client certificate comes with its key.
+        environ.setenv("HUB_REDIS_URL", "rediss://127.0.0.1:6380/0")
+        other = {"redis_client_cert": "HUB_REDIS_CLIENT_KEY", "redis_client_key": "HUB_REDIS_CLIENT_CERT"}
+        if name in other:
+            environ.setenv(other[name], "other.pem")
     assert main(["serve", "--" + name.replace("_", "-"), typed]) == 0
     assert getattr(served[0], name) == parsed
 
@@ -229,12 +244,14 @@ def test_every_setting_has_a_flag_that_sets_it(
         (
             [],
             {"HUB_REDIS_URL": "http://localhost"},
-            "ssehub: HUB_REDIS_URL=http://localhost: must start with redis://, rediss:// or unix://",
+            "ssehub: HUB_REDIS_URL=http://localhost: must start with redis://, rediss://, unix://,"
+            " redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster://",
         ),
         (
             ["--redis-url", "http://localhost"],
             {"HUB_REDIS_URL": "redis://localhost"},
-            "ssehub: --redis-url http://localhost: must start with redis://, rediss:// or unix://",
+            "ssehub: --redis-url http://localhost: must start with redis://, rediss://, unix://,"
+            " redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster://",
         ),
         (
             ["--host", "::", "--max-pending-bytes", "1 MiB"],
@@ -321,3 +338,15 @@ def test_serve_on_a_port_in_use_never_says_started() -> None:
     result = serve_on_a_port_in_use()
     assert result.returncode != 0
     assert "hub started" not in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_stop_that_drains_exits_0_so_make_run_ends_quietly(sig: signal.Signals) -> None:
+    hub = HubProcess()
+    hub.start()
+    assert hub.proc is not None
+    hub.proc.send_signal(sig)
+    assert hub.proc.wait(20) == 0, hub.log()
+    assert "hub stopped" in hub.log()
+    hub.stop()

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 
+from hub.brokers.idempotency import Records, fingerprint
 from hub.core.broker import Broker, ChannelStats, Deliver
 from hub.core.event import Event, Payload
 from hub.core.ids import ZERO, IdClock, Key, format_id
@@ -67,9 +68,15 @@ class MemoryBroker(Broker):
     name = "memory"
 
     def __init__(
-        self, history_size: int = 1000, history_ttl: float = 0.0, history_max_bytes: int = 256 << 20
+        self,
+        history_size: int = 1000,
+        history_ttl: float = 0.0,
+        history_max_bytes: int = 256 << 20,
+        idempotency_seconds: float = 300.0,
     ) -> None:
         self.history_size = history_size
+        # Publishes with an Idempotency-Key, remembered for idempotency_seconds.
+        self.idempotency = Records(idempotency_seconds)
         self.ttl_ms = int(history_ttl * 1000)
         self.max_bytes = history_max_bytes
         # In the order they were last published to (an OrderedDict: O(1) to move a
@@ -95,12 +102,33 @@ class MemoryBroker(Broker):
     async def stop(self) -> None:
         self._deliver = None
         self._over_budget.flush()
+        self.idempotency.close()
 
     @property
     def ready(self) -> bool:
         return self._deliver is not None
 
-    async def publish(self, channel: str, payloads: Sequence[Payload]) -> list[str]:
+    async def publish(
+        self, channel: str, payloads: Sequence[Payload], idempotency_key: str | None = None
+    ) -> list[str]:
+        return self.publish_now(channel, payloads, idempotency_key)
+
+    def publish_now(
+        self, channel: str, payloads: Sequence[Payload], idempotency_key: str | None = None
+    ) -> list[str]:
+        """:meth:`publish` with no await: the memory broker never waits (PublishesNow)."""
+        if idempotency_key is not None:
+            # Checked and recorded with no await in between: atomic in this process.
+            print_ = fingerprint(payloads)
+            earlier = self.idempotency.earlier(channel, idempotency_key, print_)
+            if earlier is not None:
+                return earlier
+            ids = self._publish(channel, payloads)
+            self.idempotency.remember(channel, idempotency_key, print_, ids)
+            return ids
+        return self._publish(channel, payloads)
+
+    def _publish(self, channel: str, payloads: Sequence[Payload]) -> list[str]:
         logs = self._logs
         entry = logs.get(channel)
         if entry is None:

@@ -4,11 +4,13 @@
 -- Every hub node and every producer that wants replayable ids calls this
 -- script, so that the id a client sees live is the id it can resume from.
 --
---   EVALSHA <sha1 of this file> 1 <prefix>:<channel>:log <maxlen> [ttl=<ms>] [<max event bytes>] \
---       <kind> <data> <event> <retry>  [<kind> <data> <event> <retry> ...]
+--   EVALSHA <sha1 of this file> 1 <prefix>:<channel>:log <maxlen> [ttl=<ms>] [idem=<key>] [idemttl=<ms>] \
+--       [<max event bytes>] <kind> <data> <event> <retry>  [<kind> <data> <event> <retry> ...]
 --
 -- KEYS[1]  the channel's stream, "<prefix>:<channel>:log"; the pub/sub
---          channel is the same name without ":log".
+--          channel is the same name without ":log". On a Redis Cluster the
+--          stream is "<prefix>:{<channel>}:log" and the announcement goes out
+--          with SPUBLISH on "<prefix>:{<channel>}", its shard channel.
 -- ARGV[1]  approximate MAXLEN of the stream (HUB_HISTORY_SIZE).
 -- then, optional and in this order:
 --   ttl=<ms>  how long history is kept, in milliseconds (HUB_HISTORY_TTL * 1000),
@@ -16,6 +18,15 @@
 --             kind). Without it: 3600000 (an hour), so that no caller, old ones
 --             included, leaves a stream behind forever. ttl=0: no age limit (the
 --             stream is kept, PERSISTed, and trimmed by MAXLEN only).
+--   idem=<key>  an idempotency key (1-255 of the visible ASCII characters,
+--             ! to ~): a call with the key of an earlier call on the same
+--             channel, within idemttl, stores nothing and returns that call's
+--             ids; with other events than that call's, it is refused. The
+--             record is the key "<prefix>:<channel>:idem#<key>" (it shares the
+--             stream's hash slot when the stream key has a hash tag).
+--   idemttl=<ms>  how long that record is kept, 1 to 604800000 (HUB_IDEMPOTENCY_SECONDS
+--             * 1000); without it 300000 (five minutes).
+--   (ttl=, idem= and idemttl= come in any order, each at most once.)
 --   the largest data of an event in bytes (HUB_MAX_EVENT_BYTES); told apart
 --             by the number of values that follow (not a multiple of four).
 -- then four values per event, at most 1000 events:
@@ -38,6 +49,8 @@ local MAX_EVENTS = 1000
 local MAX_RETRY = 86400000
 local DEFAULT_TTL = 3600000
 local MAX_TTL = 31536000000 -- 365 days, as HUB_HISTORY_TTL
+local DEFAULT_IDEM_TTL = 300000
+local MAX_IDEM_TTL = 604800000 -- 7 days, as HUB_IDEMPOTENCY_SECONDS
 
 -- Strict UTF-8 as Python decodes it: no overlong forms, no surrogates, nothing
 -- past U+10FFFF. ASCII runs are skipped by one string.find each.
@@ -94,13 +107,36 @@ if maxlen == nil or maxlen < 1 or maxlen ~= math.floor(maxlen) then
 end
 local first = 2
 local ttl = DEFAULT_TTL
-local option = ARGV[first]
-if option ~= nil and string.sub(option, 1, 4) == "ttl=" then
-  local value = string.sub(option, 5)
-  if #value > 11 or not string.find(value, "^%d+$") or tonumber(value) > MAX_TTL then
-    return redis.error_reply("ERR ssehub: ttl=<ms> is 0 (no age limit) to " .. MAX_TTL .. " milliseconds")
+local idem = nil
+local idem_ttl = DEFAULT_IDEM_TTL
+local seen = {}
+while true do
+  local option = ARGV[first]
+  local name = option and string.match(option, "^(%l+)=")
+  if name ~= "ttl" and name ~= "idem" and name ~= "idemttl" then
+    break
   end
-  ttl = tonumber(value)
+  if seen[name] then
+    return redis.error_reply("ERR ssehub: " .. name .. "= given twice")
+  end
+  seen[name] = true
+  local value = string.sub(option, #name + 2)
+  if name == "ttl" then
+    if #value > 11 or not string.find(value, "^%d+$") or tonumber(value) > MAX_TTL then
+      return redis.error_reply("ERR ssehub: ttl=<ms> is 0 (no age limit) to " .. MAX_TTL .. " milliseconds")
+    end
+    ttl = tonumber(value)
+  elseif name == "idem" then
+    if #value < 1 or #value > 255 or not string.find(value, "^[!-~]+$") then
+      return redis.error_reply("ERR ssehub: idem=<key> is 1-255 of the visible ASCII characters (! to ~)")
+    end
+    idem = value
+  else
+    if #value > 9 or not string.find(value, "^%d+$") or tonumber(value) < 1 or tonumber(value) > MAX_IDEM_TTL then
+      return redis.error_reply("ERR ssehub: idemttl=<ms> is 1 to " .. MAX_IDEM_TTL .. " milliseconds")
+    end
+    idem_ttl = tonumber(value)
+  end
   first = first + 1
 end
 local max_bytes = nil
@@ -117,6 +153,33 @@ if count < 1 or count ~= math.floor(count) then
 end
 if count > MAX_EVENTS then
   return redis.error_reply("ERR ssehub: at most " .. MAX_EVENTS .. " events per call")
+end
+
+-- A call with the key of an earlier one: that call's ids, nothing stored again.
+local record, fingerprint = nil, nil
+if idem ~= nil then
+  record = string.sub(stream, 1, -5) .. ":idem#" .. idem
+  local parts = {}
+  for at = first, #ARGV do
+    parts[#parts + 1] = #ARGV[at] .. ":" .. ARGV[at]
+  end
+  fingerprint = table.concat(parts, ",")
+  if redis.sha1hex then -- in every Redis since 3.2 (not in every test double)
+    fingerprint = redis.sha1hex(fingerprint)
+  end
+  -- The record: the ids, a line break, the fingerprint of the events.
+  local earlier = redis.call("GET", record)
+  if earlier then
+    local cut = string.find(earlier, "\n", 1, true)
+    if cut == nil or string.sub(earlier, cut + 1) ~= fingerprint then
+      return redis.error_reply("ERR ssehub: idempotency key reused with other events (within its time)")
+    end
+    local ids = {}
+    for id in string.gmatch(string.sub(earlier, 1, cut - 1), "%S+") do
+      ids[#ids + 1] = id
+    end
+    return ids
+  end
 end
 
 for i = 0, count - 1 do
@@ -190,5 +253,14 @@ else
   redis.call("PERSIST", stream)
 end
 
-redis.call("PUBLISH", string.sub(stream, 1, -5), '{"hub":1,"events":[' .. table.concat(parts, ",") .. "]}")
+if record ~= nil then
+  redis.call("SET", record, table.concat(ids, " ") .. "\n" .. fingerprint, "PX", string.format("%d", idem_ttl))
+end
+-- A key with a hash tag ("<prefix>:{<channel>}:log", a cluster's layout; names hold no
+-- braces otherwise) is announced on its shard channel, in the same slot (Redis 7).
+local announce = "PUBLISH"
+if string.find(stream, "{", 1, true) then
+  announce = "SPUBLISH"
+end
+redis.call(announce, string.sub(stream, 1, -5), '{"hub":1,"events":[' .. table.concat(parts, ",") .. "]}")
 return ids

@@ -52,13 +52,16 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NoReturn
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from hub.brokers.redis_batch import ScriptBatcher
+from hub.brokers.redis_cluster import ShardedPubSub, cluster_client
 from hub.brokers.redis_codec import (
     DEFAULT_LIMITS,
     DEFAULT_TTL_SECONDS,
@@ -77,12 +80,13 @@ from hub.brokers.redis_codec import (
     ttl_ms,
 )
 from hub.brokers.redis_listener import PubSubListener
+from hub.brokers.redis_url import TlsFiles, redis_target
 from hub.core.broker import Broker, BrokerUnavailable, ChannelStats, Deliver
 from hub.core.event import Event, Payload
 from hub.core.ids import ZERO, Key, format_id
 from hub.core.ring import History, ReplayRing
 from hub.core.throttle import Throttle
-from hub.inputs import InputError, Limits
+from hub.inputs import InputError, Limits, idempotency_conflict
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +130,10 @@ class _Sub:
         "want",
     )
 
-    def __init__(self, name: str, prefix: str, capacity: int) -> None:
+    def __init__(self, name: str, prefix: str, capacity: int, tagged: bool = False) -> None:
         self.name = name
-        self.topic = topic(prefix, name).encode()
-        self.stream = stream_key(prefix, name)
+        self.topic = topic(prefix, name, tagged).encode()
+        self.stream = stream_key(prefix, name, tagged)
         self.ring = ReplayRing(capacity)
         # The ring holds every valid event after ``base`` (the newest id when
         # the subscription started); None until then.
@@ -177,8 +181,12 @@ class RedisBroker(Broker):
         limits: Limits | None = None,
         log_seconds: float = 60.0,
         connection_kwargs: Mapping[str, Any] | None = None,
+        idempotency_seconds: float = 300.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.prefix = check_prefix(prefix)
+        # How long a publish's Idempotency-Key is remembered (HUB_IDEMPOTENCY_SECONDS).
+        self.idempotency_ms = max(1, round(idempotency_seconds * 1000))
         self.history_size = history_size
         # How long history is kept (HUB_HISTORY_TTL): passed to the script on every
         # publish, in milliseconds; 0 keeps the stream, trimmed by size only.
@@ -187,40 +195,97 @@ class RedisBroker(Broker):
         # What an event may be (HUB_MAX_EVENT_BYTES, HUB_MAX_BODY_BYTES): the same as over HTTP.
         self.limits = limits or DEFAULT_LIMITS
         extra = dict(connection_kwargs or {})
+        # One server, or the master a Sentinel names (hub/brokers/redis_url.py).
+        self._target = redis_target(url, tls, command_timeout)
         # RESP2 for both: the reply shapes parsed here do not depend on redis-py's default.
+        # What the URL says wins (as with redis-py's from_url), but a connection class given.
         options = {
             "socket_timeout": command_timeout,
             "socket_connect_timeout": command_timeout,
             "protocol": 2,
+            **extra,
+            **self._target.kwargs,
         }
+        if "connection_class" in extra:
+            options["connection_class"] = extra["connection_class"]
+        listener_options: dict[str, Any] = {
+            "ping_seconds": ping_seconds,
+            "confirm_seconds": command_timeout,
+            "backoff_base": backoff_base,
+            "backoff_cap": backoff_cap,
+            "healthy_seconds": healthy_seconds,
+            "log_seconds": log_seconds,
+        }
+        # A cluster (redis+cluster://): tagged keys, sharded pub/sub (hub/brokers/redis_cluster.py).
+        self._tagged = self._target.mode == "cluster"
+        self._pool: BlockingConnectionPool | None = None
+        self._publish_pool: BlockingConnectionPool | None = None
+        self._redis: Redis | RedisCluster
+        if self._tagged:
+            self._init_cluster(pool_size, command_timeout, listener_options)
+            self._init_state(log_seconds)
+            return
         # One retry: a pooled connection may have died with a Redis restart.
-        self._pool = BlockingConnectionPool.from_url(
-            url,
+        self._pool = BlockingConnectionPool(
             max_connections=pool_size,
             timeout=command_timeout,
             retry=Retry(NoBackoff(), 1),
             client_name="ssehub",
             **options,
-            **extra,
         )
         self._redis = Redis(connection_pool=self._pool)
-        self._publishes = ScriptBatcher(self._redis, self._redis.register_script(SCRIPT))
-        # Only a factory of pub/sub connections: the listener never pools them.
-        self._pubsub_pool = ConnectionPool.from_url(
-            url, retry=Retry(NoBackoff(), 0), client_name="ssehub-pubsub", **options, **extra
+        # Publishes go out one round trip at a time (the batcher), on a connection of their
+        # own that redis-py never retries on: a call whose reply was lost may have run, and
+        # sent again it would be stored twice. The broker retries only calls with an
+        # idempotency key, which the script makes safe (see publish()).
+        self._publish_pool = BlockingConnectionPool(
+            max_connections=1,
+            timeout=command_timeout,
+            retry=Retry(NoBackoff(), 0),
+            client_name="ssehub-publish",
+            **options,
         )
-        self._listener = PubSubListener(
+        publisher = Redis(connection_pool=self._publish_pool)
+        self._publishes = ScriptBatcher(publisher, publisher.register_script(SCRIPT))
+        # Only a factory of pub/sub connections: the listener never pools them.
+        self._pubsub_pool = ConnectionPool(
+            retry=Retry(NoBackoff(), 0), client_name="ssehub-pubsub", **options
+        )
+        self._listener: PubSubListener | ShardedPubSub = PubSubListener(
             self._pubsub_pool.make_connection,
             self._on_message,
             self._on_connected,
             self._on_lost,
-            ping_seconds=ping_seconds,
-            confirm_seconds=command_timeout,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
-            healthy_seconds=healthy_seconds,
-            log_seconds=log_seconds,
+            **listener_options,
         )
+        self._init_state(log_seconds)
+
+    def _init_cluster(self, pool_size: int, command_timeout: float, listener_options: dict[str, Any]) -> None:
+        """Clients and pub/sub for a cluster: commands through a cluster-aware client with
+        ``pool_size`` connections per node at most; publishes through one that never
+        sends a call again after a connection error (as ``_publish_pool``)."""
+        target = self._target
+        cluster = cluster_client(
+            target, max_connections=pool_size, timeout=command_timeout, retries=1, name="ssehub"
+        )
+        self._redis = cluster
+        publisher = cluster_client(
+            target, max_connections=2, timeout=command_timeout, retries=0, name="ssehub-publish"
+        )
+        self._cluster_publisher = publisher
+        self._publishes = ScriptBatcher(publisher, publisher.register_script(SCRIPT))
+        self._listener = ShardedPubSub(
+            cluster,
+            target,
+            self._on_message,
+            self._on_connected,
+            self._on_lost,
+            timeout=command_timeout,
+            listener_options=listener_options,
+            log_seconds=listener_options["log_seconds"],
+        )
+
+    def _init_state(self, log_seconds: float) -> None:
         self._subs: dict[str, _Sub] = {}
         self._by_topic: dict[bytes, _Sub] = {}
         # Channels whose stream is to be read, and the one task that reads them.
@@ -230,6 +295,12 @@ class RedisBroker(Broker):
         self._up = False
         # Messages and stream entries dropped as invalid, since start.
         self.invalid_messages = 0
+        # Read by /metrics at scrape time: pub/sub messages received, reconnections
+        # after a lost or refused connection, and the time spent without Redis.
+        self.messages_received = 0
+        self.reconnects = 0
+        self._outage = 0.0
+        self._down_since: float | None = None
         self._invalid_log = Throttle(log, log_seconds)
         self._error_log = Throttle(log, log_seconds)
         self._lost_log = Throttle(log, log_seconds)
@@ -238,8 +309,11 @@ class RedisBroker(Broker):
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
+        if not self._tagged:
+            await self._refuse_a_cluster()
         await self._listener.start()
-        if not self._up:
+        if not self.ready:
+            self._down_since = time.monotonic()
             log.error("Redis is unreachable; retrying in the background (not ready meanwhile)")
 
     async def stop(self) -> None:
@@ -252,18 +326,34 @@ class RedisBroker(Broker):
         self._due.clear()
         await self._publishes.close()
         await self._redis.aclose()
-        await self._pool.disconnect()
+        if self._pool is not None:
+            await self._pool.disconnect()
+        if self._publish_pool is not None:
+            await self._publish_pool.disconnect()
+        if self._tagged:
+            await self._cluster_publisher.aclose()
+        await self._target.close()
         self._deliver = None
         for throttle in (self._invalid_log, self._error_log, self._lost_log):
             throttle.flush()
 
     @property
     def ready(self) -> bool:
-        return self._up
+        # On a cluster: every shard's pub/sub connection up and its channels refilled.
+        return self._listener.connected if self._tagged else self._up
 
-    async def _on_connected(self) -> None:
-        """Re-subscribe everything, then refill each channel from its stream."""
-        subs = list(self._subs.values())
+    @property
+    def shards(self) -> int:
+        """Pub/sub connections of this process: 1, or on a cluster one per master."""
+        return len(self._listener.shards) if isinstance(self._listener, ShardedPubSub) else 1
+
+    async def _on_connected(self, topics: Collection[bytes] | None = None) -> None:
+        """Re-subscribe everything (on a cluster: ``topics``, those of one shard), then
+        refill each channel from its stream."""
+        if topics is None:
+            subs = list(self._subs.values())
+        else:
+            subs = [sub for t in topics if (sub := self._by_topic.get(t)) is not None]
         for sub in subs:
             sub.refilling = True
         await self._listener.subscribe(sub.topic for sub in subs)
@@ -277,12 +367,42 @@ class RedisBroker(Broker):
                     sub.refilling = False
                     log.debug("refill of %s failed", sub.name, exc_info=True)
                     self._error_log.hit("refill of %s failed: %r", sub.name, exc)
-        self._up = True
+        self._up = self.ready if self._tagged else True
+        if self._down_since is not None and self._up:
+            self.reconnects += 1
+            self._outage += time.monotonic() - self._down_since
+            self._down_since = None
         if subs:
             log.info("Redis is back: re-subscribed and refilled %d channels", len(subs))
 
-    def _on_lost(self) -> None:
+    async def _refuse_a_cluster(self) -> None:
+        """A redis:// URL naming a node of a Redis Cluster: refused (its other shards'
+        channels would fail with MOVED), naming the URL that works."""
+        try:
+            info: Any = await self._redis.info("cluster")
+        except _REDIS_ERRORS:
+            return  # unreachable now (the listener keeps trying), or no INFO cluster
+        if str(info.get("cluster_enabled", 0)) == "1":
+            raise ValueError(
+                f"HUB_REDIS_URL names a node of a Redis Cluster ({self._target.where}): use"
+                " redis+cluster://host:port (one node is enough; the rest of the cluster is discovered)"
+            )
+
+    @property
+    def outage_seconds(self) -> float:
+        """Seconds this process has been without Redis since start (a current outage included)."""
+        down = self._down_since
+        return self._outage + (time.monotonic() - down if down is not None else 0.0)
+
+    def _on_lost(self, topics: Collection[bytes] | None = None) -> None:
         self._up = False
+        # A cluster's shard: its channels' rings miss what it announces until they are refilled.
+        for t in topics or ():
+            sub = self._by_topic.get(t)
+            if sub is not None:
+                sub.refilling = True
+        if self._down_since is None:
+            self._down_since = time.monotonic()
         self._lost_log.hit("lost the Redis pub/sub connection; reconnecting")
 
     async def _refill(self, sub: _Sub) -> None:
@@ -304,6 +424,7 @@ class RedisBroker(Broker):
     # -- live path ----------------------------------------------------------
 
     def _on_message(self, channel_topic: bytes, raw: bytes) -> None:
+        self.messages_received += 1
         sub = self._by_topic.get(channel_topic)
         if sub is None:
             return  # unsubscribed meanwhile
@@ -403,7 +524,7 @@ class RedisBroker(Broker):
                 if not sub.reading:
                     self._flush_queued(sub)
             if again:
-                if not self._listener.connected:
+                if not self._listener.connected and not self._tagged:
                     return  # the refill after the reconnect reads them
                 failures += 1
                 await asyncio.sleep(min(2.0, 0.05 * 2**failures))
@@ -442,13 +563,17 @@ class RedisBroker(Broker):
         reads: dict[_Sub, StreamRead] = {}
         known = {sub: start for sub, start in starts.items() if start != ZERO}
         if known:
-            try:
-                reply: Any = await self._redis.xread(
-                    {sub.stream: format_id(_before(start)) for sub, start in known.items()}
-                )
-            except ResponseError:
-                reply = []  # a key of the wrong type: each stream is read on its own below
-            found = {(name.decode() if isinstance(name, bytes) else name): entries for name, entries in reply}
+            # One XREAD; on a cluster one per slot (an XREAD's keys must share one), together.
+            groups: dict[int, dict[str, str]] = {}
+            for sub, start in known.items():
+                slot = key_slot(sub.stream.encode()) if self._tagged else 0
+                groups.setdefault(slot, {})[sub.stream] = format_id(_before(start))
+            replies = await self._xread(list(groups.values()))
+            found = {
+                (name.decode() if isinstance(name, bytes) else name): entries
+                for reply in replies
+                for name, entries in reply
+            }
             for sub, start in known.items():
                 entries = found.get(sub.stream)
                 if entries and parse_key(entries[0][0]) == start:
@@ -461,6 +586,36 @@ class RedisBroker(Broker):
                 except ResponseError as exc:  # e.g. WRONGTYPE: this channel only
                     self._error_log.hit("reading the stream of %s failed: %s", sub.name, exc)
         return reads
+
+    async def _xread(self, groups: list[dict[str, str]]) -> list[Any]:
+        """XREAD replies for groups of streams (stream -> read after this id).
+
+        One server: one XREAD. A cluster: an exclusive XRANGE per stream, all in one
+        pipeline (one round trip per node): redis-py would ask the node for the keys of
+        every XREAD first (its keys are "movable"), a round trip each. A stream Redis
+        refuses (a key of the wrong type) reads as nothing: it is then read on its own.
+        """
+        if not self._tagged:
+            try:
+                return [await self._redis.xread(groups[0])]  # type: ignore[arg-type]
+            except ResponseError:
+                return [[]]
+        pipe: Any = self._redis.pipeline(transaction=False)
+        order: list[str] = []
+        for group in groups:
+            for stream, after in group.items():
+                pipe.xrange(stream, min=f"({after}", max="+")
+                order.append(stream)
+        replies = await pipe.execute(raise_on_error=False)
+        found: list[Any] = []
+        for stream, reply in zip(order, replies, strict=True):
+            if isinstance(reply, ResponseError):
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if reply:
+                found.append([(stream, reply)])
+        return found
 
     def _apply(self, sub: _Sub, start: Key, read: StreamRead) -> None:
         """Deliver a read of the stream after ``start``: its events in id order,
@@ -520,25 +675,46 @@ class RedisBroker(Broker):
 
     # -- the Broker interface -----------------------------------------------
 
-    async def publish(self, channel: str, payloads: Sequence[Payload]) -> list[str]:
-        key = stream_key(self.prefix, channel)
-        try:
-            ids = await self._publishes.call(
-                [key], script_args(self.history_size, payloads, self.limits.max_event_bytes, self.ttl_ms)
-            )
-        except ResponseError as exc:
-            message = _SCRIPT_DETAIL.sub("", str(exc))
-            if message.startswith("ssehub: "):  # the script refused the events themselves
-                raise InputError(400, "bad_request", f"refused by Redis: {message[8:]}") from exc
-            self._fail(f"publish to {channel} failed", exc, channel)
-        except _REDIS_ERRORS as exc:
-            self._fail(f"publish to {channel} failed", exc, channel)
+    async def publish(
+        self, channel: str, payloads: Sequence[Payload], idempotency_key: str | None = None
+    ) -> list[str]:
+        key = stream_key(self.prefix, channel, self._tagged)
+        args = script_args(
+            self.history_size,
+            payloads,
+            self.limits.max_event_bytes,
+            self.ttl_ms,
+            idempotency_key,
+            self.idempotency_ms if idempotency_key is not None else None,
+        )
+        # A call whose connection failed may have run or not: sent again with its
+        # idempotency key it returns the first run's ids, so only such calls are retried
+        # (once, on a new connection); without a key the client is told (503).
+        attempts = 2 if idempotency_key is not None else 1
+        for attempt in range(attempts):
+            try:
+                ids = await self._publishes.call([key], args)
+                break
+            except ResponseError as exc:
+                message = _SCRIPT_DETAIL.sub("", str(exc))
+                if message.startswith("ssehub: idempotency key reused"):
+                    raise idempotency_conflict() from exc
+                if message.startswith("ssehub: "):  # the script refused the events themselves
+                    raise InputError(400, "bad_request", f"refused by Redis: {message[8:]}") from exc
+                self._fail(f"publish to {channel} failed", exc, channel)
+            except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
+                if attempt + 1 < attempts:
+                    log.info("publish to %s: %s; sending it again with its idempotency key", channel, exc)
+                    continue
+                self._fail(f"publish to {channel} failed", exc, channel)
+            except _REDIS_ERRORS as exc:
+                self._fail(f"publish to {channel} failed", exc, channel)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     async def subscribe(self, channel: str) -> None:
         if not self._listener.connected:
             raise BrokerUnavailable("Redis is not connected")
-        sub = _Sub(channel, self.prefix, self.history_size)
+        sub = _Sub(channel, self.prefix, self.history_size, self._tagged)
         self._subs[channel] = sub
         self._by_topic[sub.topic] = sub
         try:
@@ -571,7 +747,7 @@ class RedisBroker(Broker):
     def _current(self, channel: str) -> _Sub | None:
         """The channel's subscription when its ring and ``last`` are complete."""
         sub = self._subs.get(channel)
-        if sub is None or not self._up or sub.refilling or sub.base is None:
+        if sub is None or not self.ready or sub.refilling or sub.base is None:
             return None
         return sub
 
@@ -634,7 +810,7 @@ class RedisBroker(Broker):
         horizon instead: older entries, kept until the next publish trims them,
         are not replayed, and when there are any after the cursor it is a loss.
         """
-        stream = stream_key(self.prefix, channel)
+        stream = stream_key(self.prefix, channel, self._tagged)
         aged = horizon is not None and (after is None or after < horizon)
         if aged:
             assert horizon is not None
@@ -671,7 +847,7 @@ class RedisBroker(Broker):
         if sub is not None and sub.base is not None:
             return sub.position
         try:
-            return await self._newest(stream_key(self.prefix, channel))
+            return await self._newest(stream_key(self.prefix, channel, self._tagged))
         except _REDIS_ERRORS as exc:
             self._fail("reading the newest id failed", exc, channel)
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
@@ -26,7 +27,7 @@ _Call = tuple[Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
 
 class ScriptBatcher:
-    def __init__(self, redis: Redis, script: AsyncScript, max_batch: int = 256) -> None:
+    def __init__(self, redis: Redis | RedisCluster, script: AsyncScript, max_batch: int = 256) -> None:
         self._redis = redis
         self._script = script
         self._max_batch = max_batch

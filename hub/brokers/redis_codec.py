@@ -100,14 +100,25 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
-def topic(prefix: str, channel: str) -> str:
-    """The pub/sub channel of ``channel``."""
-    return f"{prefix}:{channel}"
+def topic(prefix: str, channel: str, tagged: bool = False) -> str:
+    """The pub/sub channel of ``channel`` (on a cluster, ``tagged``: its shard channel,
+    ``prefix:{channel}``, in the slot of its stream)."""
+    return f"{prefix}:{{{channel}}}" if tagged else f"{prefix}:{channel}"
 
 
-def stream_key(prefix: str, channel: str) -> str:
-    """The stream that keeps ``channel``'s history."""
-    return f"{prefix}:{channel}{_STREAM_SUFFIX}"
+def stream_key(prefix: str, channel: str, tagged: bool = False) -> str:
+    """The stream that keeps ``channel``'s history (on a cluster, ``tagged``:
+    ``prefix:{channel}:log``, the hash tag putting it and everything else of the
+    channel in one slot, so that the publish script is one call on one shard).
+    Channel names and prefixes hold no braces: the tag is always the channel."""
+    return f"{prefix}:{{{channel}}}{_STREAM_SUFFIX}" if tagged else f"{prefix}:{channel}{_STREAM_SUFFIX}"
+
+
+def idempotency_record(stream: str, key: str) -> str:
+    """The key of the record the publish script keeps for idempotency key ``key``
+    of the channel whose stream is ``stream``. Its ``#`` (never in a prefix or a
+    channel name) keeps it apart from every stream key and every other record."""
+    return f"{stream[: -len(_STREAM_SUFFIX)]}:idem#{key}"
 
 
 def parse_key(value: bytes | str) -> Key:
@@ -137,13 +148,23 @@ def script_args(
     payloads: Sequence[Payload],
     max_event_bytes: int | None = None,
     ttl: int | None = None,
+    idempotency_key: str | None = None,
+    idempotency_ms: int | None = None,
 ) -> list[str | int]:
     """ARGV of the publish script for ``payloads``; with ``max_event_bytes`` the
     script refuses larger data too. ``ttl`` is the history's TTL in milliseconds
-    (0: no age limit); without it the script's default, an hour, applies."""
+    (0: no age limit); without it the script's default, an hour, applies.
+
+    With an ``idempotency_key`` a second call with the same key (on the same
+    channel, within ``idempotency_ms``, the script's default five minutes when
+    None) stores nothing and returns the first call's ids."""
     args: list[str | int] = [maxlen]
     if ttl is not None:
         args.append(f"ttl={ttl}")
+    if idempotency_key is not None:
+        args.append(f"idem={idempotency_key}")
+        if idempotency_ms is not None:
+            args.append(f"idemttl={idempotency_ms}")
     if max_event_bytes is not None:
         args.append(max_event_bytes)
     for p in payloads:

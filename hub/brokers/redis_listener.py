@@ -14,6 +14,13 @@ one line each, at most once per ``log_seconds`` (with how many there were).
 
 A PING on a quiet connection catches a peer that vanished without closing
 the socket.
+
+With ``sharded=True`` it speaks Redis 7's sharded pub/sub (``SSUBSCRIBE``,
+``smessage``) to one node of a cluster: one ``SSUBSCRIBE`` per topic (a
+command's channels must share a slot), a refusal of one (``MOVED``: the node
+no longer serves that slot) fails that topic's subscribe only, and an
+``sunsubscribe`` the hub did not ask for (the slot was migrated away, or the
+node was demoted) is reported through ``on_unsubscribed``.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from hub.core.throttle import Throttle
 
@@ -52,8 +59,21 @@ class PubSubListener:
         backoff_cap: float = 5.0,
         healthy_seconds: float = 30.0,
         log_seconds: float = 30.0,
+        sharded: bool = False,
+        on_unsubscribed: Callable[[bytes], None] | None = None,
+        name: str = "redis-pubsub",
     ) -> None:
         self._connect = connect
+        self.sharded = sharded
+        self._on_unsubscribed = on_unsubscribed
+        self.name = name
+        self._subscribe_command = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
+        self._confirmation = b"ssubscribe" if sharded else b"subscribe"
+        self._message = b"smessage" if sharded else b"message"
+        # Sharded: topics whose SSUBSCRIBE awaits its reply, in order (a refusal names no topic),
+        # and topics being left (their sunsubscribe replies were asked for).
+        self._pending: deque[bytes] = deque()
+        self._leaving: dict[bytes, int] = {}
         self._on_message = on_message
         self._on_connected = on_connected
         self._on_lost = on_lost
@@ -79,7 +99,16 @@ class PubSubListener:
 
     async def start(self) -> None:
         """Start the connection loop; return after its first attempt, whatever came of it."""
-        self._task = asyncio.create_task(self._run(), name="redis-pubsub")
+        self.launch()
+        await self.started()
+
+    def launch(self) -> None:
+        """Start the connection loop (once), without waiting for anything."""
+        if self._task is None and not self._stopping:
+            self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def started(self) -> None:
+        """Return once the first attempt to connect is over, whatever came of it."""
         await self._first_attempt.wait()
 
     async def stop(self) -> None:
@@ -105,7 +134,15 @@ class PubSubListener:
             self._waiting.setdefault(t, deque()).append(future)
             futures.append(future)
         try:
-            await self._send("SUBSCRIBE", *topics)
+            if self.sharded:
+                conn = self._conn
+                if conn is None or not conn.is_connected:
+                    raise RedisConnectionError("the pub/sub connection is down")
+                self._pending.extend(topics)
+                commands = conn.pack_commands([("SSUBSCRIBE", t) for t in topics])
+                await conn.send_packed_command(commands, check_health=False)
+            else:
+                await self._send("SUBSCRIBE", *topics)
         except BaseException:
             for t, future in zip(topics, futures, strict=True):
                 future.cancel()
@@ -119,7 +156,12 @@ class PubSubListener:
         """UNSUBSCRIBE without waiting: later messages of these topics are ignored anyway."""
         topics = list(topics)
         if topics and self._conn is not None:
-            await self._send("UNSUBSCRIBE", *topics)
+            if not self.sharded:
+                await self._send("UNSUBSCRIBE", *topics)
+                return
+            for t in topics:
+                self._leaving[t] = self._leaving.get(t, 0) + 1
+                await self._send("SUNSUBSCRIBE", t)
 
     async def _send(self, *args: Any) -> None:
         conn = self._conn
@@ -179,7 +221,7 @@ class PubSubListener:
         return random.uniform(ceiling / 2, ceiling)
 
     async def _session(self, conn: AbstractConnection) -> None:
-        reader = asyncio.create_task(self._read(conn), name="redis-pubsub-reader")
+        reader = asyncio.create_task(self._read(conn), name=f"{self.name}-reader")
         try:
             # The owner re-subscribes here: the reader must run to see the confirmations.
             await self._on_connected()
@@ -201,7 +243,13 @@ class PubSubListener:
         on_message = self._on_message
         while True:
             # push_request: under RESP3 (a ?protocol=3 URL) messages are pushes, returned only so.
-            reply = await conn.read_response(timeout=self.ping_seconds, push_request=True)
+            try:
+                reply = await conn.read_response(timeout=self.ping_seconds, push_request=True)
+            except ResponseError as exc:
+                if not (self.sharded and self._pending):
+                    raise
+                self._refused(self._pending.popleft(), exc)  # e.g. MOVED: another node serves it
+                continue
             if reply is None:
                 if pinged:
                     raise RedisConnectionError(f"no answer to PING in {self.ping_seconds}s")
@@ -210,14 +258,18 @@ class PubSubListener:
                 continue
             pinged = False
             kind = reply[0]
-            if kind == b"message":
+            if kind == self._message:
                 try:
                     on_message(reply[1], reply[2])
                 except Exception as exc:  # one bad message must not cut every stream
                     log.debug("could not deliver a message of %r", reply[1], exc_info=True)
                     self._undelivered.hit("could not deliver a message of %r: %r", reply[1], exc)
-            elif kind == b"subscribe":
+            elif kind == self._confirmation:
+                if self.sharded and reply[1] in self._pending:
+                    self._pending.remove(reply[1])
                 self._confirm(reply[1])
+            elif kind == b"sunsubscribe":
+                self._unsubscribed(reply[1])
 
     def _confirm(self, t: bytes) -> None:
         queue = self._waiting.get(t)
@@ -229,7 +281,33 @@ class PubSubListener:
         if not future.done():
             future.set_result(None)
 
+    def _refused(self, t: bytes, exc: ResponseError) -> None:
+        queue = self._waiting.get(t)
+        if queue:
+            future = queue.popleft()
+            if not queue:
+                del self._waiting[t]
+            if not future.done():
+                future.set_exception(exc)
+
+    def _unsubscribed(self, t: bytes) -> None:
+        asked = self._leaving.get(t, 0)
+        if asked:
+            if asked == 1:
+                del self._leaving[t]
+            else:
+                self._leaving[t] = asked - 1
+            return
+        # Not asked for: the node no longer serves the topic's slot.
+        if self._on_unsubscribed is not None:
+            try:
+                self._on_unsubscribed(t)
+            except Exception:  # the owner's bug must not cut the connection
+                log.exception("handling an sunsubscribe of %r failed", t)
+
     def _fail_waiters(self) -> None:
+        self._pending.clear()
+        self._leaving.clear()
         waiting, self._waiting = self._waiting, {}
         for queue in waiting.values():
             for future in queue:

@@ -61,8 +61,15 @@ class Broker(ABC):
         """Disconnect and release everything."""
 
     @abstractmethod
-    async def publish(self, channel: str, payloads: Sequence[Payload]) -> list[str]:
+    async def publish(
+        self, channel: str, payloads: Sequence[Payload], idempotency_key: str | None = None
+    ) -> list[str]:
         """Number and store ``payloads`` in order, atomically; return their ids.
+
+        With an ``idempotency_key``, a publish with the key of an earlier one on
+        the same channel, within the broker's idempotency time, stores nothing
+        and returns the earlier ids (atomically with the check); one with other
+        payloads than the earlier one raises :class:`hub.inputs.InputError` (422).
 
         Raises :class:`BrokerUnavailable` when it cannot now, and
         :class:`hub.inputs.InputError` for events its store refuses (a producer
@@ -103,6 +110,17 @@ class Sweeps(Protocol):
     delivery. It must return quickly: a long job does a bounded share per call."""
 
     def sweep(self) -> None: ...
+
+
+@runtime_checkable
+class PublishesNow(Protocol):
+    """An optional capability: a publish that completes without waiting (the memory
+    broker's), so that the HTTP layer answers a publish in the same loop tick it
+    arrives, with no task for it. The same contract as :meth:`Broker.publish`."""
+
+    def publish_now(
+        self, channel: str, payloads: Sequence[Payload], idempotency_key: str | None = None
+    ) -> list[str]: ...
 
 
 @runtime_checkable

@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hub import sse
 from hub.core.broker import Broker, Sweeps
-from hub.core.event import Event
+from hub.core.deadlines import Deadlines
+from hub.core.event import GAP_EVENT, Event
 from hub.core.ids import ZERO, Key, format_id
+from hub.core.stats import Buckets
 from hub.core.subscriber import NO_EVENTS, Batch, Resume, SinkClosed, Subscriber
 from hub.core.throttle import Throttle
 
@@ -52,6 +55,8 @@ REPLAY_SLICE = 64 * 1024
 REPLAY_PAGE = 16
 REPLAY_PAGE_MAX = 1024
 REPLAY_PAGE_BYTES = 256 * 1024
+# One event in this many has its publish-to-socket delay measured (at the flush).
+DELAY_SAMPLE = 64
 
 
 def _next_page(page: int, events: list[Event]) -> int:
@@ -65,7 +70,7 @@ def _next_page(page: int, events: list[Event]) -> int:
 class Channel:
     """Local state of one channel while it has subscribers in this process."""
 
-    __slots__ = ("holding", "last_key", "live", "multi", "name", "pending", "ready")
+    __slots__ = ("events", "holding", "last_key", "live", "live_bytes", "multi", "name", "pending", "ready")
 
     def __init__(self, name: str, ready: asyncio.Future[None]) -> None:
         self.name = name
@@ -75,6 +80,10 @@ class Channel:
         self.pending: list[Event] = []
         self.last_key: Key = ZERO
         self.ready = ready
+        # Events flushed, and bytes written to each live single-channel stream, since the
+        # channel came: a stream's own counts are the difference over its life (see detach).
+        self.events = 0
+        self.live_bytes = 0
 
     @property
     def subscribers(self) -> int:
@@ -91,6 +100,18 @@ class HubStats:
     streams_opened: int = 0
     streams_closed: int = 0
     refused: int = 0
+    # Bytes handed to stream sockets (events, replays, heartbeats, first bytes).
+    bytes_sent: int = 0
+    # Resumes served (a stream's channel with a Last-Event-ID) and the events they replayed.
+    replays: int = 0
+    replayed_events: int = 0
+    # hub.gap events written, by cause: the resume's id was older than history
+    # (or trimmed during its replay), malformed, or the broker lost events (Redis outage).
+    gaps_too_old: int = 0
+    gaps_malformed: int = 0
+    gaps_broker: int = 0
+    # Publish-to-socket delay (seconds, from the id's broker timestamp to the flush), sampled.
+    delay: Buckets = field(default_factory=Buckets)
 
 
 class Hub:
@@ -121,7 +142,10 @@ class Hub:
         # of the same name waits for it and the broker sees them in order.
         self._leaving: dict[str, asyncio.Task[None]] = {}
         self._slow_log = Throttle(log)
+        # Streams that end at a set time (a token's exp), under one timer.
+        self.deadlines: Deadlines[Subscriber] = Deadlines(self._expire)
         self._fault_log = Throttle(log, level=logging.ERROR)
+        self._sample = DELAY_SAMPLE
 
     # -- life cycle ---------------------------------------------------------
 
@@ -130,6 +154,7 @@ class Hub:
         self._ticker = asyncio.create_task(self._heartbeats(), name="hub-heartbeats")
 
     async def stop(self) -> None:
+        self.deadlines.cancel()
         if self._ticker is not None:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
@@ -147,6 +172,17 @@ class Hub:
         for sub in subs:
             self._end(sub, "shutdown", final() if final is not None else b"")
         return len(subs)
+
+    def end_at(self, sub: Subscriber, when: float, final: bytes) -> None:
+        """End ``sub`` cleanly at ``when`` (seconds since the epoch), ``final`` its
+        last bytes: a stream whose credential expires then."""
+        if sub in self.subscribers and not sub.closed:
+            self.deadlines.add(sub, when, final)
+
+    def _expire(self, sub: Subscriber, final: bytes) -> None:
+        if sub in self.subscribers and not sub.closed:
+            self.flush()  # what it was owed goes out before its last bytes
+            self._end(sub, "expired", final)
 
     def _end(self, sub: Subscriber, reason: str, final: bytes = b"") -> None:
         sub.reason = reason
@@ -170,6 +206,8 @@ class Hub:
             if key <= channel.last_key:
                 return  # a redelivery (e.g. the Redis refill after an outage)
             channel.last_key = key
+        elif event.payload.event == GAP_EVENT:  # the broker lost events: every stream is told
+            self.stats.gaps_broker += channel.subscribers
         if not channel.pending:
             self._dirty.append(channel)
             if self._flush_handle is None:
@@ -203,6 +241,7 @@ class Hub:
                 if not sub.closed:
                     data = b"".join(sub.out)
                     sub.out.clear()
+                    sub.sent_bytes += len(data)
                     if self._write(sub, data):
                         sub.last_epoch = epoch
 
@@ -211,6 +250,10 @@ class Hub:
         if not events:
             return
         channel.pending = []
+        channel.events += len(events)
+        self._sample -= len(events)
+        if self._sample <= 0:
+            self._sample_delay(events[0])
         if channel.holding:
             self._hold(channel, events)
         if channel.live:
@@ -232,6 +275,8 @@ class Hub:
                     failed.append((sub, exc))
                 sub.last_epoch = epoch
             self.stats.deliveries += len(channel.live) * len(events)
+            self.stats.bytes_sent += len(channel.live) * len(raw)
+            channel.live_bytes += len(raw)
             self._last_writes += len(channel.live)
             if failed:
                 for sub, error in failed:
@@ -248,6 +293,11 @@ class Hub:
                 self._dirty_multi[sub] = None
             self.stats.deliveries += len(channel.multi) * len(events)
             self._last_writes += len(channel.multi)
+
+    def _sample_delay(self, event: Event) -> None:
+        self._sample = DELAY_SAMPLE
+        if event.key is not None:  # the id's first part is the broker's clock, in ms
+            self.stats.delay.observe(max(0.0, time.time() - event.key[0] / 1000))
 
     # -- subscribe side -----------------------------------------------------
 
@@ -301,7 +351,13 @@ class Hub:
                 sub.positions[index] = floor
             return floor
         history = await self.broker.history(name, resume.after, REPLAY_PAGE)
+        self.stats.replays += 1
+        self.stats.replayed_events += len(history.events)
         if history.gap or resume.malformed:
+            if resume.malformed:
+                self.stats.gaps_malformed += 1
+            else:
+                self.stats.gaps_too_old += 1
             self._write(sub, self.gap_frame(name, resume.requested, history.oldest))
         if history.events and history.events[-1].key is not None:
             floor = history.events[-1].key
@@ -316,8 +372,10 @@ class Hub:
             after = history.more
             page = _next_page(page, history.events)
             history = await self.broker.history(name, after, page)
+            self.stats.replayed_events += len(history.events)
             if history.gap:
                 # Trimmed (or skipped as invalid) while this client was being replayed to.
+                self.stats.gaps_too_old += 1
                 self._write(sub, self.gap_frame(name, format_id(after), history.oldest))
             if history.events and history.events[-1].key is not None:
                 floor = max(floor, history.events[-1].key)
@@ -354,15 +412,21 @@ class Hub:
         # joining the live set there is no ``await``.
         for channel in channels:
             self._flush_channel(channel)
-        data = b"".join(self._newer(sub, channels, floors, sub.held))
+        frames = list(self._newer(sub, channels, floors, sub.held))
+        data = b"".join(frames)
         sub.held = NO_EVENTS
         sub.held_bytes = 0
+        # The stream's live counts are its channels' counts from here to detach.
+        sub.sent_events += len(frames)
+        sub.sent_bytes += len(data)
         for index, channel in enumerate(channels):
             del channel.holding[sub]
+            sub.sent_events -= channel.events
             if sub.multi:
                 channel.multi[sub] = index
             else:
                 channel.live[sub] = None
+                sub.sent_bytes -= channel.live_bytes
         if data:
             self._write(sub, data)
 
@@ -391,6 +455,7 @@ class Hub:
         for frame in frames:
             parts.append(frame)
             size += len(frame)
+            sub.sent_events += 1
             if size >= REPLAY_SLICE:
                 if not await self._write_slice(sub, b"".join(parts)):
                     return
@@ -400,6 +465,7 @@ class Hub:
             await self._write_slice(sub, b"".join(parts))
 
     async def _write_slice(self, sub: Subscriber, data: bytes) -> bool:
+        sub.sent_bytes += len(data)
         if sub.closed or not self._write(sub, data):
             return False
         if sub.sink.buffered():
@@ -418,6 +484,7 @@ class Hub:
         except Exception as exc:
             self._lost(sub, exc)
             return False
+        self.stats.bytes_sent += len(data)
         if sub.sink.buffered() > self.max_pending_bytes:
             self._cut_slow(sub)
             return False
@@ -429,15 +496,22 @@ class Hub:
             return
         del self.subscribers[sub]
         sub.closed = True
+        self.deadlines.discard(sub)
         self.stats.streams_closed += 1
         self._dirty_multi.pop(sub, None)
         for name in sub.channels:
             channel = self.channels.get(name)
             if channel is None:
                 continue
-            channel.live.pop(sub, None)
-            channel.multi.pop(sub, None)
-            channel.holding.pop(sub, None)
+            if sub in channel.live:
+                del channel.live[sub]
+                sub.sent_events += channel.events
+                sub.sent_bytes += channel.live_bytes
+            elif sub in channel.multi:
+                del channel.multi[sub]
+                sub.sent_events += channel.events
+            else:
+                channel.holding.pop(sub, None)
             if not channel.subscribers:
                 self._leave(channel)
 

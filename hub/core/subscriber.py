@@ -9,6 +9,7 @@ buffer grows past the limit. A sink whose connection is gone raises
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -103,9 +104,12 @@ class Subscriber:
         "held_bytes",
         "last_epoch",
         "multi",
+        "opened",
         "out",
         "positions",
         "reason",
+        "sent_bytes",
+        "sent_events",
         "sink",
     )
 
@@ -129,6 +133,11 @@ class Subscriber:
         self.last_epoch = 0
         self.closed = False
         self.reason = ""
+        # For the line logged when the stream ends: when it opened, what it was sent
+        # (events and their bytes; kept by the hub without work per delivery).
+        self.opened = time.monotonic()
+        self.sent_events = 0
+        self.sent_bytes = 0
 
     def frame_for(self, index: int, event: Event) -> bytes:
         """The bytes of ``event`` for this stream, moving its cursor."""

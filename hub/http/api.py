@@ -146,7 +146,7 @@ def make_router(state: AppState) -> APIRouter:
     @get("/metrics")
     async def metrics(request: Request) -> Response:
         """Prometheus metrics of this process."""
-        return Response(render(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(render(registry, state), media_type=CONTENT_TYPE_LATEST)
 
     @get("/healthz")
     async def healthz(request: Request) -> Response:

@@ -11,24 +11,46 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from hub.brokers.memory import MemoryBroker
-from hub.core.broker import Broker
+from hub.core.broker import Broker, PublishesNow
 from hub.core.hub import Hub
 from hub.housekeeping import trim_after_closes
 from hub.http import errors
 from hub.http.api import make_router
+from hub.http.auth import Auth, Refusal
+from hub.http.counters import ChannelGlobs
+from hub.http.dashboard import make_dashboard_router
+from hub.http.errors import error_body
+from hub.http.metrics import make_registry, write_snapshot
+from hub.http.monitor import Monitor
 from hub.http.publish import PublishEndpoint
 from hub.http.raw import AppState, cors_headers, origin_of
 from hub.http.routes import Route, Router, channel_events, channel_stream, multi_stream
 from hub.http.stream import StreamEndpoint
+from hub.http.types import Scope
 from hub.inputs import Limits
-from hub.settings import Settings
+from hub.settings import Settings, split_list
 
 log = logging.getLogger(__name__)
+
+# What the fallback serves to anyone: the probes. Everything else there is an
+# admin endpoint (channel list, metrics, docs, dashboard), behind Auth.admin.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# Request headers a cross-origin page may send (preflights): publishes, streams and polyfills.
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "Content-Type",
+    "Last-Event-ID",
+    "Idempotency-Key",
+    "X-Request-ID",
+    "Cache-Control",
+    "X-Requested-With",
+]
 
 
 def broker_for(settings: Settings) -> Broker:
@@ -38,8 +60,10 @@ def broker_for(settings: Settings) -> Broker:
             history_size=settings.history_size,
             history_ttl=settings.history_ttl,
             history_max_bytes=settings.history_max_bytes,
+            idempotency_seconds=settings.idempotency_seconds,
         )
     from hub.brokers.redis import RedisBroker
+    from hub.brokers.redis_url import TlsFiles
 
     return RedisBroker(
         settings.redis_url,
@@ -50,6 +74,8 @@ def broker_for(settings: Settings) -> Broker:
         command_timeout=settings.redis_timeout,
         # What comes from Redis is checked exactly as an HTTP publish is.
         limits=Limits(settings.max_event_bytes, settings.max_body_bytes, settings.max_channels_per_stream),
+        idempotency_seconds=settings.idempotency_seconds,
+        tls=TlsFiles(settings.redis_ca_cert, settings.redis_client_cert, settings.redis_client_key),
     )
 
 
@@ -61,22 +87,95 @@ class HubApp(Router):
         self.settings = settings
         self.state = AppState()
         self._trimmer: asyncio.Task[None] | None = None
-        self.streams = StreamEndpoint(settings, self.state)
-        self.publish = PublishEndpoint(settings, self.state)
+        self.auth = Auth(settings)
+        self.streams = StreamEndpoint(settings, self.state, self.auth)
+        self.publish = PublishEndpoint(settings, self.state, self.auth)
+        self.state.stats.globs = ChannelGlobs(split_list(settings.metrics_channels))
+        # The node's figures each second: the dashboard's stream, the loop's lag.
+        self.monitor = Monitor(self.state)
         self.api = self._build_api()
         origins = settings.cors_origin_list
         stream_methods = {"GET", "HEAD"}
+        # No private channel: no check on streams at all.
+        stream_guard = self._stream_guard if self.auth.private is not None else None
+        self._publish_route = Route(
+            "publish",
+            channel_events,
+            {"POST"},
+            self.publish,
+            "events are published with POST",
+            self._publish_guard,
+        )
+        # Set while the broker publishes without waiting: publishes skip ASGI (answer_now).
+        self._now = False
+        self.body_limit = settings.max_body_bytes
         super().__init__(
             [
                 # Publishes first: a stream is one request for a long time, publishes keep coming.
-                Route("publish", channel_events, {"POST"}, self.publish, "events are published with POST"),
-                Route("stream", channel_stream, stream_methods, self.streams, "streams are read with GET"),
-                Route("stream", multi_stream, stream_methods, self.streams, "streams are read with GET"),
+                self._publish_route,
+                Route(
+                    "stream",
+                    channel_stream,
+                    stream_methods,
+                    self.streams,
+                    "streams are read with GET",
+                    stream_guard,
+                ),
+                Route(
+                    "stream",
+                    multi_stream,
+                    stream_methods,
+                    self.streams,
+                    "streams are read with GET",
+                    stream_guard,
+                ),
             ],
             fallback=self.api,
             cors=lambda scope: cors_headers(origins, origin_of(scope)),
             requests=self.state.requests,
+            fallback_guard=self._admin_guard,
         )
+
+    def takes_now(self, path: str) -> bool:
+        """A POST to ``path`` that the connection may answer itself with :meth:`answer_now`:
+        a publish, while the broker publishes without waiting."""
+        return self._now and channel_events(path) is not None
+
+    def answer_now(self, scope: Scope, body: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """A publish whose body has arrived, answered with no task and no ASGI messages:
+        admitted (counted, credentials checked) exactly as :class:`Router` admits it."""
+        scope["path_params"] = channel_events(scope["path"])
+        refusal = self.admit(self._publish_route, scope)
+        if refusal is not None:
+            headers = [(b"content-type", b"application/json"), *refusal.headers, *self.cors(scope)]
+            return refusal.status, headers, error_body(refusal.error, refusal.detail)
+        return self.publish.publish_now(scope, body)
+
+    def _publish_guard(self, scope: Scope) -> Refusal | None:
+        who = self.auth.publish(scope, scope["path_params"]["channel"])
+        if isinstance(who, Refusal):
+            return who
+        scope["hub.principal"] = who
+        return None
+
+    def _stream_guard(self, scope: Scope) -> Refusal | None:
+        single = scope["path_params"].get("channel")
+        if single is not None:
+            channels = [single]
+        else:
+            query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+            channels = [v for k, v in query if k == "channel"]
+        expires = self.auth.stream(scope, channels)
+        if isinstance(expires, Refusal):
+            return expires
+        if expires is not None:
+            scope["hub.expires"] = expires
+        return None
+
+    def _admin_guard(self, scope: Scope) -> Refusal | None:
+        if scope["path"] in PUBLIC_PATHS:
+            return None
+        return self.auth.admin(scope)
 
     @property
     def hub(self) -> Hub | None:
@@ -91,21 +190,36 @@ class HubApp(Router):
             finally:
                 await self.stop()
 
-        api = FastAPI(title="ssehub", version="0.1.0", lifespan=lifespan)
+        docs = self.settings.docs
+        api = FastAPI(
+            title="ssehub",
+            version="0.1.0",
+            lifespan=lifespan,
+            docs_url="/docs" if docs else None,
+            redoc_url="/redoc" if docs else None,
+            openapi_url="/openapi.json" if docs else None,
+        )
         errors.install(api)
-        if self.settings.cors_origin_list:
+        origins = self.settings.cors_origin_list
+        if origins:
+            # Answers every preflight, the raw routes' included. Cookies (credentials)
+            # only with exact origins: with "*" Starlette would echo any origin.
             api.add_middleware(
                 CORSMiddleware,
-                allow_origins=self.settings.cors_origin_list,
-                allow_methods=["GET", "POST"],
-                allow_headers=["*"],
+                allow_origins=origins,
+                allow_methods=["GET", "HEAD", "POST"],
+                allow_headers=CORS_REQUEST_HEADERS,
+                allow_credentials="*" not in origins,
                 max_age=600,
             )
         api.include_router(make_router(self.state))
+        if self.settings.ui:
+            api.include_router(make_dashboard_router(self.monitor))
         return api
 
     async def start(self) -> None:
         s = self.settings
+        self._warn_if_open()
         broker = broker_for(s)
         hub = Hub(
             broker,
@@ -115,6 +229,7 @@ class HubApp(Router):
         )
         await hub.start()
         self.state.hub = hub
+        self._now = isinstance(broker, PublishesNow)
 
         # Memory goes back to the OS after a wave of closed streams, or of forgotten channels.
         def released() -> int:
@@ -122,12 +237,32 @@ class HubApp(Router):
             return hub.stats.streams_closed + forgotten
 
         self._trimmer = asyncio.create_task(trim_after_closes(released))
+        directory = self.state.metrics_dir
+        if directory is not None:  # --workers: this worker's series, for the node's scrape
+            registry = make_registry(self.state)
+            self.monitor.each_tick = lambda: write_snapshot(registry, directory)
+        self.monitor.start()
         log.info("%s broker connected", broker.name)
+
+    def _warn_if_open(self) -> None:
+        if self.auth.credentials:
+            return
+        if self.settings.publish_open:
+            log.warning(
+                "HUB_PUBLISH_OPEN: every client that reaches this node may publish and read the"
+                " admin endpoints; set HUB_PUBLISH_TOKENS unless the network is private"
+            )
+        else:
+            log.warning(
+                "no publish credential configured (HUB_PUBLISH_TOKENS or a JWT key): only local,"
+                " unproxied clients may publish or read /channels and /metrics"
+            )
 
     def drain(self) -> int:
         """Refuse new streams and end the open ones, each told to come back
         (to another node) after a jittered ``retry:``. Returns how many."""
         self.state.draining = True
+        self.monitor.close()  # ends the dashboards' /_hub/stats streams
         if self.hub is None:
             return 0
         count = self.hub.close_all(self.streams.come_back)
@@ -135,12 +270,14 @@ class HubApp(Router):
         return count
 
     async def stop(self) -> None:
+        self._now = False
         if self.hub is None:
             return
         self.drain()
         if self._trimmer is not None:
             self._trimmer.cancel()
             await asyncio.gather(self._trimmer, return_exceptions=True)
+        await self.monitor.stop()
         await self.hub.stop()
         self.state.hub = None
         log.info("hub stopped")

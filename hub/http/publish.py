@@ -11,15 +11,19 @@ or a JSON error.
 from __future__ import annotations
 
 import logging
+import math
+import time
+from typing import cast
 from urllib.parse import parse_qsl
 
 import orjson
 
-from hub.core.broker import BrokerUnavailable
-from hub.http.errors import broker_unavailable, send_json_error
+from hub.core.broker import BrokerUnavailable, PublishesNow
+from hub.core.event import Payload
+from hub.http.errors import broker_unavailable, error_body
 from hub.http.raw import RawEndpoint
 from hub.http.types import Receive, Scope, Send
-from hub.inputs import InputError, check_channel, parse_publish
+from hub.inputs import InputError, check_channel, check_idempotency_key, parse_publish
 
 log = logging.getLogger(__name__)
 
@@ -28,62 +32,139 @@ class _ClientGone(Exception):
     """The client disconnected before its body was read: nothing to answer."""
 
 
-class PublishEndpoint(RawEndpoint):
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        channel: str = scope["path_params"]["channel"]
+class _RateLimited(Exception):
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+
+
+Headers = list[tuple[bytes, bytes]]
+# A whole answer: status, headers (but content-length), body.
+Answer = tuple[int, Headers, bytes]
+_JSON = (b"content-type", b"application/json")
+
+
+class _Request:
+    """What a publish's headers say, read in one pass."""
+
+    __slots__ = ("content_type", "cors", "declared", "idempotency_key")
+
+    def __init__(self, endpoint: PublishEndpoint, scope: Scope) -> None:
+        self.content_type: str | None = None
+        self.declared: str | None = None
+        self.idempotency_key: str | None = None
         origin: str | None = None
-        content_type: str | None = None
-        declared: str | None = None
         for key, value in scope["headers"]:
             key = key.lower()
             if key == b"content-type":
-                content_type = value.decode("latin-1")
+                self.content_type = value.decode("latin-1")
+            elif key == b"idempotency-key":
+                self.idempotency_key = value.decode("latin-1")
             elif key == b"content-length":
-                declared = value.decode("latin-1")
+                self.declared = value.decode("latin-1")
             elif key == b"origin":
                 origin = value.decode("latin-1")
-        cors = self.cors(origin)
+        self.cors = endpoint.cors(origin)
+
+
+class PublishEndpoint(RawEndpoint):
+    """Both ways a publish is answered share everything but the waiting: the ASGI
+    app (``__call__``: the body is received, the broker awaited) and
+    :meth:`publish_now`, which :class:`~hub.http.protocol.HubHttpProtocol` calls
+    with the whole body when the broker publishes without waiting (the memory
+    broker): no task, no ASGI messages, the answer written in the same tick."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request = _Request(self, scope)
         try:
-            check_channel(channel)
-            hub = self.state.hub
-            if hub is None:
-                raise BrokerUnavailable("the hub is not running")
-            body = await self._body(receive, declared)
-            query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
-            payloads, batch = parse_publish(content_type, body, query, self.limits)
-            if not hub.broker.ready:
-                raise BrokerUnavailable(f"{hub.broker.name} broker is not connected")
-            ids = await hub.broker.publish(channel, payloads)
-        except InputError as exc:
-            await send_json_error(send, exc.status, exc.error, exc.detail, cors)
-            return
-        except BrokerUnavailable as exc:
-            status, error, detail, headers = broker_unavailable(exc)
-            extra = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-            await send_json_error(send, status, error, detail, [*extra, *cors])
-            return
+            body = await self._body(receive, request.declared)
         except _ClientGone:
             return
-        except Exception:
-            log.exception("publish to %s failed", channel)
-            await send_json_error(
-                send, 500, "internal_error", "the hub failed to handle this request; it is logged", cors
-            )
-            return
-        answer = {"channel": channel, "ids": ids} if batch else {"channel": channel, "id": ids[0]}
-        out = orjson.dumps(answer)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 202,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(out)).encode()),
-                    *cors,
-                ],
-            }
-        )
+        except InputError as exc:
+            answer = self._error(exc, request.cors)
+        else:
+            try:
+                channel, payloads, batch, key = self._prepare(scope, request, body)
+                hub = self.state.hub
+                assert hub is not None  # _prepare checked it
+                ids = await hub.broker.publish(channel, payloads, key)
+                answer = self._accepted(channel, ids, batch, request.cors)
+            except Exception as exc:
+                answer = self._error(exc, request.cors, scope)
+        status, headers, out = answer
+        headers.append((b"content-length", str(len(out)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
+        self._count(scope, status, started)
+
+    def publish_now(self, scope: Scope, body: bytes | None) -> Answer:
+        """The whole answer to a publish whose body has arrived (None: it was over the
+        limit), without waiting: the broker must be :class:`~hub.core.broker.PublishesNow`."""
+        started = time.perf_counter()
+        request = _Request(self, scope)
+        try:
+            if body is None:
+                limit = self.settings.max_body_bytes
+                raise InputError(413, "body_too_large", f"the body is over the limit of {limit} bytes")
+            channel, payloads, batch, key = self._prepare(scope, request, body)
+            hub = self.state.hub
+            assert hub is not None  # _prepare checked it
+            ids = cast(PublishesNow, hub.broker).publish_now(channel, payloads, key)
+            answer = self._accepted(channel, ids, batch, request.cors)
+        except Exception as exc:
+            answer = self._error(exc, request.cors, scope)
+        self._count(scope, answer[0], started)
+        return answer
+
+    def _prepare(
+        self, scope: Scope, request: _Request, body: bytes
+    ) -> tuple[str, list[Payload], bool, str | None]:
+        """Checked: the channel, the events, whether a batch, the idempotency key."""
+        channel: str = scope["path_params"]["channel"]
+        check_channel(channel)
+        hub = self.state.hub
+        if hub is None:
+            raise BrokerUnavailable("the hub is not running")
+        raw_query = scope["query_string"]
+        query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if raw_query else {}
+        payloads, batch = parse_publish(request.content_type, body, query, self.limits)
+        limiter = self.auth.limiter
+        if limiter is not None:
+            wait = limiter.take(scope.get("hub.principal") or "local", len(payloads))
+            if wait:
+                raise _RateLimited(wait)
+        if not hub.broker.ready:
+            raise BrokerUnavailable(f"{hub.broker.name} broker is not connected")
+        # A retry with the key of an earlier publish gets that publish's ids, stored once.
+        return channel, payloads, batch, check_idempotency_key(request.idempotency_key)
+
+    def _accepted(self, channel: str, ids: list[str], batch: bool, cors: Headers) -> Answer:
+        self.state.stats.accepted(channel, len(ids))
+        answer = {"channel": channel, "ids": ids} if batch else {"channel": channel, "id": ids[0]}
+        return 202, [_JSON, *cors], orjson.dumps(answer)
+
+    def _error(self, exc: Exception, cors: Headers, scope: Scope | None = None) -> Answer:
+        if isinstance(exc, InputError):
+            return exc.status, [_JSON, *cors], error_body(exc.error, exc.detail)
+        if isinstance(exc, BrokerUnavailable):
+            status, error, detail, extra = broker_unavailable(exc)
+            headers = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+            return status, [_JSON, *headers, *cors], error_body(error, detail)
+        if isinstance(exc, _RateLimited):
+            rate = self.settings.publish_rate
+            retry = (b"retry-after", str(max(1, math.ceil(exc.wait))).encode())
+            detail = f"over the publish rate of {rate:g} events/s for this credential; retry later"
+            return 429, [_JSON, retry, *cors], error_body("rate_limited", detail)
+        channel = scope["path_params"]["channel"] if scope is not None else "?"
+        log.error("publish to %s failed", channel, exc_info=exc)
+        detail = "the hub failed to handle this request; it is logged"
+        return 500, [_JSON, *cors], error_body("internal_error", detail)
+
+    def _count(self, scope: Scope, status: int, started: float) -> None:
+        """Once per publish: its answer's status and its latency (for /metrics)."""
+        self.state.stats.published(status, time.perf_counter() - started)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("publish to %s: %d", scope["path_params"]["channel"], status)
 
     async def _body(self, receive: Receive, declared: str | None) -> bytes:
         """The request body, refused (413) as soon as it passes the limit."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hub.core.hub import Hub
+from hub.http.auth import Auth
+from hub.http.counters import HttpStats
 from hub.http.types import Scope
 from hub.inputs import Limits
 from hub.settings import Settings
@@ -33,12 +35,17 @@ class AppState:
     connections: ConnectionGuard | None = None
     # Requests the raw routes took, by route name (hub.http.routes.Router.admit).
     requests: dict[str, int] = field(default_factory=dict)
+    # Publishes and the loop's lag, for /metrics and the dashboard (hub.http.counters).
+    stats: HttpStats = field(default_factory=HttpStats)
+    # With --workers: where the workers' metrics meet, for one scrape of the node (hub.http.metrics).
+    metrics_dir: str | None = None
 
 
 class RawEndpoint:
-    def __init__(self, settings: Settings, state: AppState) -> None:
+    def __init__(self, settings: Settings, state: AppState, auth: Auth | None = None) -> None:
         self.settings = settings
         self.state = state
+        self.auth = auth if auth is not None else Auth(settings)
         self.limits = Limits(
             settings.max_event_bytes, settings.max_body_bytes, settings.max_channels_per_stream
         )
@@ -49,11 +56,18 @@ class RawEndpoint:
 
 
 def cors_headers(origins: list[str], origin: str | None) -> Headers:
-    """The CORS headers for a request from ``origin`` under ``HUB_CORS_ORIGINS``."""
+    """The CORS headers for a request from ``origin`` under ``HUB_CORS_ORIGINS``.
+
+    An exact origin may send cookies (``HUB_JWT_COOKIE``); ``*`` never does.
+    """
     if "*" in origins:
         return [(b"access-control-allow-origin", b"*")]
     if origin and origin in origins:
-        return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+        return [
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"access-control-allow-credentials", b"true"),
+            (b"vary", b"Origin"),
+        ]
     return []
 
 

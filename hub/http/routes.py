@@ -8,8 +8,9 @@ as Starlette's ``BaseRoute.matches`` does, and puts what its path names in
 goes to the fallback app (FastAPI).
 
 Every request a route takes passes :meth:`Router.admit` first: the one place
-where a request is counted, and where authentication plugs in, for streams
-and publishes alike.
+where a request is counted and its route's guard (:mod:`hub.http.auth`) is
+asked, for streams and publishes alike; what goes to the fallback passes the
+fallback's guard (the admin endpoints).
 
     router = Router([Route("publish", channel_events, {"POST"}, publish)], fallback=api)
 """
@@ -19,11 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from enum import Enum
 
+from hub.http.auth import Refusal
 from hub.http.errors import send_json_error
 from hub.http.types import ASGIApp, Receive, Scope, Send
 
 PathMatch = Callable[[str], "dict[str, str] | None"]
 Headers = list[tuple[bytes, bytes]]
+# A request's refusal, or None to let it through. It may note what it found in the scope.
+Guard = Callable[[Scope], "Refusal | None"]
 
 
 class Match(Enum):
@@ -67,12 +71,19 @@ def is_stream(method: str, path: str) -> bool:
 
 
 class Route:
-    __slots__ = ("allow", "endpoint", "match_path", "methods", "name", "refusal")
+    __slots__ = ("allow", "endpoint", "guard", "match_path", "methods", "name", "refusal")
 
     def __init__(
-        self, name: str, match_path: PathMatch, methods: Collection[str], endpoint: ASGIApp, refusal: str = ""
+        self,
+        name: str,
+        match_path: PathMatch,
+        methods: Collection[str],
+        endpoint: ASGIApp,
+        refusal: str = "",
+        guard: Guard | None = None,
     ) -> None:
         self.name = name
+        self.guard = guard
         self.match_path = match_path
         self.methods = frozenset(methods)
         self.endpoint = endpoint
@@ -96,9 +107,11 @@ class Router:
         fallback: ASGIApp,
         cors: Callable[[Scope], Headers] = lambda _: [],
         requests: dict[str, int] | None = None,
+        fallback_guard: Guard | None = None,
     ) -> None:
         self.routes = routes
         self.fallback = fallback
+        self.fallback_guard = fallback_guard
         self.cors = cors
         # Requests each route took, by name (the app's state: /metrics reads it).
         self.requests = {} if requests is None else requests
@@ -119,16 +132,25 @@ class Router:
                 if refusal is None:
                     await route.endpoint(scope, receive, send)
                 else:
-                    await send_json_error(send, *refusal, self.cors(scope))
+                    await self.refuse(scope, send, refusal)
                 return
+            if self.fallback_guard is not None:
+                refusal = self.fallback_guard(scope)
+                if refusal is not None:
+                    await self.refuse(scope, send, refusal)
+                    return
         await self.fallback(scope, receive, send)
 
-    def admit(self, route: Route, scope: Scope) -> tuple[int, str, str] | None:
-        """None when the request goes on to ``route``'s endpoint, else the refusal
-        (status, error, detail) to send. Every request is counted here; credentials
-        are checked here. Synchronous: no await on the hot paths for it."""
+    def admit(self, route: Route, scope: Scope) -> Refusal | None:
+        """None when the request goes on to ``route``'s endpoint, else its refusal.
+        Every request is counted here; credentials are checked here (the route's
+        guard). Synchronous: no await on the hot paths for it."""
         self.requests[route.name] += 1
-        return None
+        return route.guard(scope) if route.guard is not None else None
+
+    async def refuse(self, scope: Scope, send: Send, refusal: Refusal) -> None:
+        headers = [*refusal.headers, *self.cors(scope)]
+        await send_json_error(send, refusal.status, refusal.error, refusal.detail, headers)
 
 
 def _is_preflight(scope: Scope) -> bool:

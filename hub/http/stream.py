@@ -17,13 +17,17 @@ import logging
 import random
 from urllib.parse import parse_qsl
 
+import orjson
+
 from hub import sse
 from hub.core.broker import BrokerUnavailable
 from hub.core.hub import Hub
 from hub.core.subscriber import Subscriber
+from hub.http.auth import Auth
 from hub.http.errors import send_json_error
 from hub.http.raw import AppState, RawEndpoint
 from hub.http.sinks import AsgiSink, TransportSink, wait_disconnect
+from hub.http.streamlog import stream_ended
 from hub.http.types import Receive, Scope, Send
 from hub.inputs import InputError, check_channel, pick_last_event_id, resumes_for, stream_channels
 from hub.settings import Settings
@@ -32,8 +36,10 @@ log = logging.getLogger(__name__)
 
 
 class StreamEndpoint(RawEndpoint):
-    def __init__(self, settings: Settings, state: AppState) -> None:
-        super().__init__(settings, state)
+    def __init__(self, settings: Settings, state: AppState, auth: Auth | None = None) -> None:
+        super().__init__(settings, state, auth)
+        # Streams per client address, with HUB_MAX_STREAMS_PER_IP (addresses at 0 are removed).
+        self.per_address: dict[str, int] = {}
         # The head goes out at once; these first bytes as soon as every channel is
         # subscribed at the broker, before any replay: a client that has seen
         # ": ok" cannot miss a later publish.
@@ -48,7 +54,7 @@ class StreamEndpoint(RawEndpoint):
         # Only what the open stream needs stays referenced from here on: the
         # request's headers and query die with ``_open``'s frame (memory per
         # stream is what decides how many streams a process holds).
-        hub, sub, writer = opened
+        hub, sub, writer, address = opened
         try:
             if writer is not None:
                 await writer
@@ -59,11 +65,13 @@ class StreamEndpoint(RawEndpoint):
             hub.detach(sub)
             if writer is not None:
                 writer.cancel()
-            log.debug("stream of %s ended: %s", ",".join(sub.channels), sub.reason or "client gone")
+            if address is not None:
+                self._release(address)
+            stream_ended(scope, sub)
 
     async def _open(
         self, scope: Scope, receive: Receive, send: Send, single: str | None, multi: bool
-    ) -> tuple[Hub, Subscriber, asyncio.Future[None] | None] | None:
+    ) -> tuple[Hub, Subscriber, asyncio.Future[None] | None, str | None] | None:
         """Validate, refuse or start the response, attach; None when the stream is already over.
 
         With the portable sink, its writer runs from before the attach: a replay
@@ -90,11 +98,27 @@ class StreamEndpoint(RawEndpoint):
                 hub.stats.refused += 1
             await self._refuse(send, headers, "draining" if hub is None or self.state.draining else "full")
             return None
+        cap = self.settings.max_streams_per_ip
+        address = None
+        if cap:
+            address = self.auth.client_address(scope)
+            if self.per_address.get(address, 0) >= cap:
+                hub.stats.refused += 1
+                await self._refuse(send, headers, "address")
+                return None
+            self.per_address[address] = self.per_address.get(address, 0) + 1
 
-        await send({"type": "http.response.start", "status": 200, "headers": self._headers(headers)})
-        if scope["method"] == "HEAD":
-            await send({"type": "http.response.body", "body": b""})
-            return None
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self._headers(headers)})
+            if scope["method"] == "HEAD":
+                await send({"type": "http.response.body", "body": b""})
+                if address is not None:
+                    self._release(address)
+                return None
+        except BaseException:
+            if address is not None:
+                self._release(address)
+            raise
 
         fast = TransportSink.from_send(send, scope)
         sink = fast if fast is not None else AsgiSink(send)
@@ -109,8 +133,26 @@ class StreamEndpoint(RawEndpoint):
             hub.detach(sub)
             if writer is not None:
                 writer.cancel()
+            if address is not None:
+                self._release(address)
             raise
-        return hub, sub, writer
+        expires = scope.get("hub.expires")
+        if expires is not None:
+            hub.end_at(sub, expires, self._expired(channels, multi))
+        return hub, sub, writer, address
+
+    def _release(self, address: str) -> None:
+        left = self.per_address.get(address, 0) - 1
+        if left > 0:
+            self.per_address[address] = left
+        else:
+            self.per_address.pop(address, None)
+
+    @staticmethod
+    def _expired(channels: list[str], multi: bool) -> bytes:
+        """``hub.expired``: no id (the client's cursor stays), then the stream closes."""
+        data = {"channels": channels} if multi else {"channel": channels[0]}
+        return sse.encode_event(orjson.dumps(data).decode(), event="hub.expired")
 
     def _headers(self, request: dict[str, str]) -> list[tuple[bytes, bytes]]:
         out = [
@@ -149,11 +191,14 @@ class StreamEndpoint(RawEndpoint):
             )
             await send({"type": "http.response.body", "body": body})
             return
+        cors = self.cors(headers.get("origin"))
+        if why == "address":
+            detail = f"this address holds its maximum of {self.settings.max_streams_per_ip} streams"
+            await send_json_error(send, 429, "too_many_streams", detail, [(b"retry-after", b"5"), *cors])
+            return
         detail = (
             "this node is shutting down; reconnect (to another node)"
             if why == "draining"
             else f"this node holds its maximum of {self.settings.max_connections} streams"
         )
-        await send_json_error(
-            send, 503, "unavailable", detail, [(b"retry-after", b"2"), *self.cors(headers.get("origin"))]
-        )
+        await send_json_error(send, 503, "unavailable", detail, [(b"retry-after", b"2"), *cors])

@@ -24,7 +24,11 @@ async def test_head_answers_like_get_without_a_body(app: HubApp, path: str) -> N
     assert head.content == b""
     assert head.headers["content-type"] == get.headers["content-type"]
     # the length of the body a GET gets, as RFC 9110 allows
-    assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
+    assert get.headers["content-length"] == str(len(get.content))
+    if path == "/metrics":  # the process's figures (CPU time, memory, GC) move between two requests
+        assert abs(int(head.headers["content-length"]) - len(get.content)) < 200
+    else:
+        assert head.headers["content-length"] == get.headers["content-length"]
 
 
 async def test_head_on_a_draining_node_is_503_without_a_body(app: HubApp) -> None:

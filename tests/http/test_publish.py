@@ -62,6 +62,7 @@ def test_cors_on_publish_for_the_allowed_origin_only(strict_hub: HubProcess) -> 
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert allowed.headers["vary"] == "Origin"
     refused = httpx.post(url, headers={**JSON, "Origin": "https://evil.example"}, content=b'{"data":1}')
+    assert refused.status_code == 403  # no publish credential: a foreign page may not publish (CSRF)
     assert "access-control-allow-origin" not in refused.headers
     # errors carry the header too, or the browser hides the JSON body from the page
     bad = httpx.post(url, headers={**JSON, "Origin": "https://app.example"}, content=b"{nope")

@@ -79,7 +79,8 @@ async def serving_node(http: httpx.AsyncClient, cluster: Cluster, channel: str) 
     async def one_node_holds_it() -> bool:
         found.clear()
         for node in cluster.nodes:
-            listing = (await http.get(f"{node.url}/channels", params={"prefix": channel})).json()["channels"]
+            answer = await http.get(f"{node.url}/channels", params={"prefix": channel}, headers=cluster.auth)
+            listing = answer.json()["channels"]
             if any(c["channel"] == channel and c["subscribers"] for c in listing):
                 found.append(node)
         return len(found) == 1
@@ -106,7 +107,9 @@ async def lose_a_node_mid_stream(cluster: Cluster, sig: int) -> tuple[Reconnecti
 
             async def publisher() -> None:
                 for n in range(EVENTS):
-                    published.append(await publish(http, survivor.url, channel, {"n": n}))
+                    published.append(
+                        await publish(http, survivor.url, channel, {"n": n}, headers=cluster.auth)
+                    )
                     await anyio.sleep(0.02)  # a steady trickle across the failover
 
             tg.start_soon(publisher)

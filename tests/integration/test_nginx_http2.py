@@ -52,7 +52,9 @@ async def test_many_streams_share_one_http2_connection_and_all_get_each_event(cl
                 tg.start_soon(one)
         assert {s.response.http_version for s in streams} == {"HTTP/2"}
 
-        event_id = await publish(http, f"https://127.0.0.1:{nginx.https_port}", "h2", {"hello": "h2"})
+        event_id = await publish(
+            http, f"https://127.0.0.1:{nginx.https_port}", "h2", {"hello": "h2"}, headers=cluster.auth
+        )
 
         async def receive(stream: Stream) -> None:
             (event,) = await stream.wait_for(1, timeout=5)

@@ -38,7 +38,7 @@ async def test_each_small_event_arrives_through_nginx_within_100ms_of_its_publis
             start = time.monotonic()
             # least_conn sends the publish to the node that does not hold the
             # stream, so each event also crosses Redis.
-            await publish(http, base, "latency", {"n": n})
+            await publish(http, base, "latency", {"n": n}, headers=cluster.auth)
             await stream.wait_for(n + 1, timeout=5)
             delays.append(time.monotonic() - start)
         assert [json.loads(e.data) for e in stream.events] == [{"n": n} for n in range(10)]
@@ -89,7 +89,7 @@ async def test_a_publish_over_the_body_limit_is_refused_by_nginx_in_the_hubs_jso
 async def test_a_publish_within_the_limit_passes_through_nginx(cluster: Cluster) -> None:
     async with client() as http:
         data = "x" * 60_000
-        event_id = await publish(http, cluster.nginx.url, "big-enough", data)
+        event_id = await publish(http, cluster.nginx.url, "big-enough", data, headers=cluster.auth)
         async with open_stream(
             http, f"{cluster.nginx.url}/channels/big-enough/stream", {"Last-Event-ID": "earliest"}
         ) as stream:
@@ -100,7 +100,7 @@ async def test_a_publish_within_the_limit_passes_through_nginx(cluster: Cluster)
 def slow_cuts(http: httpx.Client, cluster: Cluster) -> int:
     total = 0
     for node in cluster.nodes:
-        for line in http.get(f"{node.url}/metrics").text.splitlines():
+        for line in http.get(f"{node.url}/metrics", headers=cluster.auth).text.splitlines():
             if line.startswith("ssehub_slow_cut_total "):
                 total += int(float(line.split()[1]))
     return total
@@ -119,7 +119,7 @@ def test_a_client_that_stops_reading_is_cut_by_the_hub_not_absorbed_by_nginx(clu
         events = f"{cluster.nodes[0].url}/channels/stalled/events"
         # At most 24 MB: many times what the kernel buffers on the way and the hub's limit.
         for n in range(400):
-            assert http.post(events, json={"data": "x" * 60_000}).status_code == 202
+            assert http.post(events, json={"data": "x" * 60_000}, headers=cluster.auth).status_code == 202
             if n % 10 == 9 and slow_cuts(http, cluster) > before:
                 break
         assert slow_cuts(http, cluster) == before + 1, f"not cut after {n + 1} events of 60 kB"

@@ -83,11 +83,16 @@ async def open_stream(
 
 
 async def publish(
-    http: httpx.AsyncClient, base: str, channel: str, data: Any, event: str | None = None
+    http: httpx.AsyncClient,
+    base: str,
+    channel: str,
+    data: Any,
+    event: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> str:
     body: dict[str, Any] = {"data": data}
     if event:
         body["event"] = event
-    response = await http.post(f"{base}/channels/{channel}/events", json=body)
+    response = await http.post(f"{base}/channels/{channel}/events", json=body, headers=headers)
     assert response.status_code == 202, response.text
     return str(response.json()["id"])

@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -253,6 +253,9 @@ class Nginx:
         self.proc = None
 
 
+PUBLISH_TOKEN = "nginx-test-publish-token"
+
+
 @dataclass
 class Cluster:
     """Redis, hub nodes on it, and nginx in front of them."""
@@ -260,6 +263,10 @@ class Cluster:
     redis: RedisServer
     nodes: list[HubProcess]
     nginx: Nginx
+
+    # What a publish through nginx sends: the nodes have a publish token, as in production
+    # (behind a proxy no client is local, so none may publish without one).
+    auth: dict[str, str] = field(default_factory=lambda: {"Authorization": f"Bearer {PUBLISH_TOKEN}"})
 
 
 @contextmanager
@@ -270,7 +277,10 @@ def running_cluster(env: dict[str, str] | None = None, nodes: int = 2) -> Iterat
     nginx: Nginx | None = None
     try:
         redis.start()
-        hubs = [HubProcess({**(env or {}), "HUB_REDIS_URL": redis.url}) for _ in range(nodes)]
+        hubs = [
+            HubProcess({"HUB_PUBLISH_TOKENS": PUBLISH_TOKEN, **(env or {}), "HUB_REDIS_URL": redis.url})
+            for _ in range(nodes)
+        ]
         for hub in hubs:
             hub.start(ready=False)
         for hub in hubs:

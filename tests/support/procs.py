@@ -147,9 +147,15 @@ class HubProcess:
                 return int(line.split()[1])
         raise AssertionError(f"no {field}")
 
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """What the admin endpoints need from this hub: its first publish token, if it has one."""
+        tokens = [t.strip() for t in self.env.get("HUB_PUBLISH_TOKENS", "").split(",") if t.strip()]
+        return {"Authorization": f"Bearer {tokens[0]}"} if tokens else {}
+
     def metric(self, name: str) -> float:
         """One sample of ``/metrics`` (a counter by its name with or without ``_total``)."""
-        for line in httpx.get(self.url + "/metrics", timeout=5).text.splitlines():
+        for line in httpx.get(self.url + "/metrics", headers=self.admin_headers, timeout=5).text.splitlines():
             if line.startswith((name + " ", name + "_total ")):
                 return float(line.split()[1])
         raise AssertionError(f"no metric {name}")

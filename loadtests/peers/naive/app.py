@@ -51,7 +51,7 @@ async def _events(channel: str) -> AsyncIterator[bytes]:
                 yield b"data: " + message["data"] + b"\n\n"
     finally:
         await pubsub.unsubscribe(channel)
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
 
 
 @app.get("/subscribe/{channel}")

@@ -1,0 +1,154 @@
+"""Publishes answered in the connection itself (HubHttpProtocol + HubApp.answer_now):
+the same answers as through ASGI, in order with the requests around them, and
+pipelined publishes answered in the read that brought them, in one write."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from hub.http.app import HubApp, create_app
+from hub.http.protocol import HubHttpProtocol, protocol_class
+from hub.settings import Settings
+from tests.http.test_protocol import FakeTransport, answers, until
+
+pytestmark = [pytest.mark.anyio]
+
+
+def post(channel: str, body: bytes, *headers: bytes, version: bytes = b"1.1") -> bytes:
+    head = b"POST /channels/%s/events HTTP/%s\r\nHost: x\r\nContent-Type: application/json\r\n" % (
+        channel.encode(),
+        version,
+    )
+    return head + b"".join(h + b"\r\n" for h in headers) + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class CountingTransport(FakeTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+class Node:
+    def __init__(self, app: HubApp, now: bool) -> None:
+        self.app = app
+        self.config = Config(app=app, log_level="warning", lifespan="off")
+        self.config.load()
+        self.state = ServerState()
+        self.cls = protocol_class(65536, 10.0, 64)
+        self.cls.now = app if now else None
+
+    def connect(self) -> tuple[HubHttpProtocol, CountingTransport]:
+        proto = self.cls(self.config, self.state, {}, asyncio.get_running_loop())
+        transport = CountingTransport()
+        transport.protocol = proto
+        proto.connection_made(transport)
+        return proto, transport
+
+
+@pytest.fixture(params=[True, False], ids=["now", "asgi"])
+async def node(request: pytest.FixtureRequest) -> AsyncIterator[Node]:
+    app = create_app(Settings(max_body_bytes=1000))
+    await app.start()
+    try:
+        yield Node(app, now=request.param)
+    finally:
+        await app.stop()
+
+
+def bodies(written: bytes) -> list[Any]:
+    out = []
+    for part in written.split(b"HTTP/1.1 ")[1:]:
+        out.append(orjson.loads(part.split(b"\r\n\r\n", 1)[1]))
+    return out
+
+
+async def test_pipelined_publishes_are_answered_in_order_around_other_requests(node: Node) -> None:
+    proto, transport = node.connect()
+    proto.data_received(post("p", b'{"data": 1}') * 3 + HEALTHZ + post("p", b'{"data": 2}'))
+    if node.cls.now is not None:
+        # The three before the ASGI request: answered in this read, in one write.
+        assert answers(bytes(transport.written)) == [202, 202, 202]
+        assert transport.writes == 1
+    await until(lambda: len(answers(bytes(transport.written))) == 5)
+    assert answers(bytes(transport.written)) == [202, 202, 202, 200, 202]
+    ids = [b["id"] for b in bodies(bytes(transport.written)) if "id" in b]
+    assert len(ids) == 4
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+
+
+async def test_answers_are_the_same_either_way(node: Node) -> None:
+    cases = [
+        (post("ok", b'[{"data": 1}, {"data": 2}]'), 202, None),
+        (post("a%2Fb", b'{"data": 1}'), 400, "bad_channel"),
+        (post("c", b"{nope"), 400, "bad_request"),
+        (post("c", b'{"data": "' + b"x" * 2000 + b'"}'), 413, "body_too_large"),
+        (post("c", b'{"data": 1}', b"Origin: http://evil.example"), 403, "forbidden"),
+        (post("c", b'{"data": 1}', b"Idempotency-Key: " + b"k" * 300), 400, "bad_request"),
+    ]
+    for request, status, error in cases:
+        proto, transport = node.connect()
+        proto.data_received(request)
+        await until(lambda transport=transport: b"\r\n\r\n" in transport.written)  # type: ignore[misc]
+        written = bytes(transport.written)
+        assert answers(written) == [status], written
+        body = bodies(written)[0]
+        if error is None:
+            assert len(body["ids"]) == 2
+        else:
+            assert body["error"] == error, body
+        assert b"content-type: application/json" in written
+        assert not transport.closing  # keep-alive either way
+
+
+async def test_a_request_the_parser_refuses_gets_a_json_400_and_the_connection_closes(node: Node) -> None:
+    proto, transport = node.connect()
+    proto.data_received(post("c", b'{"data": 1}', b"Idempotency-Key: \x01"))
+    written = bytes(transport.written)
+    assert answers(written) == [400]
+    assert bodies(written)[0]["error"] == "bad_request"
+    assert transport.closing
+
+
+async def test_a_publish_in_pieces_and_the_end_of_keep_alive(node: Node) -> None:
+    proto, transport = node.connect()
+    request = post("pieces", b'{"data": "in pieces"}')
+    for i in range(0, len(request), 7):
+        proto.data_received(request[i : i + 7])
+    await until(lambda: answers(bytes(transport.written)) == [202])
+    assert not transport.closing
+    proto, transport = node.connect()
+    proto.data_received(post("old", b'{"data": 1}', version=b"1.0"))
+    await until(lambda: transport.closing)
+    assert answers(bytes(transport.written)) == [202]
+    assert b"connection: close" in bytes(transport.written).lower()
+
+
+async def test_credentials_are_checked_on_the_connection_path_too() -> None:
+    app = create_app(Settings(publish_tokens="tok-0123456789"))
+    await app.start()
+    try:
+        node = Node(app, now=True)
+        proto, transport = node.connect()
+        proto.data_received(
+            post("c", b'{"data": 1}') + post("c", b'{"data": 1}', b"Authorization: Bearer tok-0123456789")
+        )
+        written = bytes(transport.written)
+        assert answers(written) == [401, 202]
+        assert b'www-authenticate: Bearer realm="ssehub"' in written
+        assert app.requests["publish"] == 2
+    finally:
+        await app.stop()
