@@ -40,7 +40,9 @@ log = logging.getLogger(__name__)
 
 # What the fallback serves to anyone: the probes. Everything else there is an
 # admin endpoint (channel list, metrics, docs, dashboard), behind Auth.admin.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+# The dashboard's page and files (/ui, /ui/<file>) hold no data: what they show comes from
+# /_hub/stats and the streams, which are checked.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/ui"})
 # Request headers a cross-origin page may send (preflights): publishes, streams and polyfills.
 CORS_REQUEST_HEADERS = [
     "Authorization",
@@ -173,7 +175,8 @@ class HubApp(Router):
         return None
 
     def _admin_guard(self, scope: Scope) -> Refusal | None:
-        if scope["path"] in PUBLIC_PATHS:
+        path = scope["path"]
+        if path in PUBLIC_PATHS or (path.startswith("/ui/") and path.count("/") == 2):
             return None
         return self.auth.admin(scope)
 

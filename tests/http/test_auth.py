@@ -339,6 +339,11 @@ async def test_admin_endpoints_follow_the_publishing_rule_and_probes_are_public(
         assert await get(app, "/metrics", REMOTE, bearer(mint(SECRET, publish=["*"], subscribe=["*"]))) == 403
         assert await get(app, "/openapi.json", REMOTE, bearer("tok-one-AAAA")) == 200
         assert await get(app, "/healthz", REMOTE) == 200
+        # The dashboard's page and files hold no data; its figures need the token.
+        assert await get(app, "/ui", REMOTE) == 200
+        assert await get(app, "/ui/ui.js", REMOTE) == 200
+        assert await get(app, "/_hub/stats", REMOTE) == 401
+        assert await get(app, "/_hub/stats", REMOTE, bearer(mint(SECRET, subscribe=["*"]))) == 403
 
 
 # -- CORS ------------------------------------------------------------------------------------

@@ -77,8 +77,17 @@ function showFigures(f) {
   channelRows(f.top || []);
 }
 
+// A hub with credentials needs a token for its figures and private channels: open the page as
+// /ui?access_token=<a publish token or an admin JWT>; it is sent as ?access_token= (EventSource
+// cannot send headers), which the hub keeps out of its logs.
+const pageToken = new URLSearchParams(location.search).get("access_token") || "";
+
+function withToken(url) {
+  return pageToken ? `${url}${url.includes("?") ? "&" : "?"}access_token=${encodeURIComponent(pageToken)}` : url;
+}
+
 function watchNode() {
-  const source = new EventSource("_hub/stats");
+  const source = new EventSource(withToken("_hub/stats"));
   source.onopen = () => setState($("#node-state"), "live");
   source.onmessage = (e) => showFigures(JSON.parse(e.data));
   source.onerror = () => setState($("#node-state"), "reconnecting");
@@ -101,7 +110,7 @@ const tail = {
       tr.classList.toggle("selected", tr.dataset.channel === channel);
     }
     setState($("#tail-state"), "connecting");
-    const source = new EventSource(`channels/${encodeURIComponent(channel)}/stream`);
+    const source = new EventSource(withToken(`channels/${encodeURIComponent(channel)}/stream`));
     this.source = source;
     source.onopen = () => setState($("#tail-state"), this.paused ? "paused" : "live");
     source.onerror = () => {
@@ -190,7 +199,7 @@ async function publish(form) {
   const event = form.event.value.trim();
   const text = form.data.value;
   const headers = {};
-  const token = form.token.value.trim();
+  const token = form.token.value.trim() || pageToken;
   if (token) headers.Authorization = `Bearer ${token}`;
   let url = `channels/${encodeURIComponent(channel)}/events`;
   let body;
