@@ -44,6 +44,7 @@ typecheck: $(STAMP)
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
+	$(BIN)/python -m loadtests.redis_scaling
 
 loadtest-connections: $(VENV)/.installed-bench
 	$(BIN)/python -m loadtests.connections $(LOADTEST_ARGS)

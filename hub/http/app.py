@@ -32,6 +32,7 @@ from hub.http.publish import PublishEndpoint
 from hub.http.raw import AppState, cors_headers, origin_of
 from hub.http.routes import Route, Router, channel_events, channel_stream, multi_stream
 from hub.http.stream import StreamEndpoint
+from hub.http.streamlog import stream_refused
 from hub.http.types import Scope
 from hub.inputs import Limits
 from hub.settings import Settings, split_list
@@ -169,6 +170,7 @@ class HubApp(Router):
             channels = [v for k, v in query if k == "channel"]
         expires = self.auth.stream(scope, channels)
         if isinstance(expires, Refusal):
+            stream_refused(scope, channels, f"{expires.status} {expires.error}")
             return expires
         if expires is not None:
             scope["hub.expires"] = expires

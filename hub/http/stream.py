@@ -27,7 +27,7 @@ from hub.http.auth import Auth
 from hub.http.errors import send_json_error
 from hub.http.raw import AppState, RawEndpoint
 from hub.http.sinks import AsgiSink, TransportSink, wait_disconnect
-from hub.http.streamlog import stream_ended
+from hub.http.streamlog import stream_ended, stream_refused
 from hub.http.types import Receive, Scope, Send
 from hub.inputs import InputError, check_channel, pick_last_event_id, resumes_for, stream_channels
 from hub.settings import Settings
@@ -96,7 +96,9 @@ class StreamEndpoint(RawEndpoint):
         if hub is None or self.state.draining or len(hub.subscribers) >= self.settings.max_connections:
             if hub is not None:
                 hub.stats.refused += 1
-            await self._refuse(send, headers, "draining" if hub is None or self.state.draining else "full")
+            why = "draining" if hub is None or self.state.draining else "full"
+            stream_refused(scope, channels, why)
+            await self._refuse(send, headers, why)
             return None
         cap = self.settings.max_streams_per_ip
         address = None
@@ -104,6 +106,7 @@ class StreamEndpoint(RawEndpoint):
             address = self.auth.client_address(scope)
             if self.per_address.get(address, 0) >= cap:
                 hub.stats.refused += 1
+                stream_refused(scope, channels, "too many streams from this address", address)
                 await self._refuse(send, headers, "address")
                 return None
             self.per_address[address] = self.per_address.get(address, 0) + 1

@@ -66,3 +66,30 @@ def stream_ended(scope: Scope, sub: Subscriber, address: str | None = None) -> N
         fields["request_id"],
         extra={"fields": fields},
     )
+
+
+def stream_refused(scope: Scope, channels: list[str], why: str, address: str | None = None) -> None:
+    """The line of a stream that never started: refused at connect (``why``: full,
+    draining, too many from one address, unauthorized, forbidden)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    client = scope.get("client")
+    peer = address or (f"{client[0]}:{client[1]}" if client else "local")
+    fields: dict[str, Any] = {
+        "channels": channels,
+        "duration_s": 0.0,
+        "events": 0,
+        "bytes": 0,
+        "end": "refused",
+        "why": why,
+        "remote": peer,
+        "request_id": request_id(scope),
+    }
+    log.info(
+        "stream of %s ended (refused: %s); %s, request %s",
+        ",".join(channels),
+        why,
+        peer,
+        fields["request_id"],
+        extra={"fields": fields},
+    )

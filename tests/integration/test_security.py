@@ -105,6 +105,7 @@ async def test_streams_per_client_address_are_capped(secured: HubProcess) -> Non
             assert refused.response.status_code == 200
             assert b"retry: " in refused.raw
             assert refused.events == []
+            assert "ended (refused: too many streams from this address); 198.51.100.20" in secured.log()
             # Another client is not affected.
             async with open_stream(http, url, other) as third:
                 assert third.response.status_code == 200
@@ -134,6 +135,8 @@ async def test_query_string_tokens_never_reach_the_log(secured: HubProcess) -> N
         # A refused one is logged too.
         await http.get(f"{secured.url}/channels/user-log/stream?access_token=bad.{token}")
     wait_until(lambda: secured.log().count("access_token=REDACTED") >= 2, 5, "the access log lines")
+    # The refused one has its stream line too, saying why.
+    wait_until(lambda: "stream of user-log ended (refused: 401 unauthorized)" in secured.log(), 5, "its line")
     assert token not in secured.log()
     assert token.split(".")[2] not in secured.log()
 

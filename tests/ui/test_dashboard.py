@@ -269,3 +269,22 @@ def test_with_credentials_the_page_works_with_a_token_in_its_address(browser: Br
         assert admin not in node.log()  # the page's token never reaches the hub's log
     finally:
         node.stop()
+
+
+def test_publishing_to_a_channel_not_tailed_tails_it_from_that_event(
+    browser: Browser, hub: HubProcess
+) -> None:
+    with opened(browser, hub.url) as watched:
+        page = watched.page
+        page.wait_for_selector('#node-state[data-state="live"]')
+        page.fill("#pub-channel", "fresh-channel")
+        page.fill("#pub-data", '{"first": true}')
+        page.click("#publish-form button[type=submit]")
+        result = page.wait_for_selector("#publish-result[data-id]", timeout=2000)
+        assert result is not None
+        shown = page.wait_for_selector("#tail li[data-id]", timeout=2000)
+        assert shown is not None
+        # The very event just published, though the tail opened after it was stored.
+        assert shown.get_attribute("data-id") == result.get_attribute("data-id")
+        assert page.inner_text("#tail-channel") == "fresh-channel"
+        assert watched.problems == []

@@ -102,7 +102,7 @@ const tail = {
   held: [],
   types: new Set(),
 
-  open(channel) {
+  open(channel, after = "") {
     this.close();
     this.channel = channel;
     $("#tail-channel").textContent = channel;
@@ -110,7 +110,9 @@ const tail = {
       tr.classList.toggle("selected", tr.dataset.channel === channel);
     }
     setState($("#tail-state"), "connecting");
-    const source = new EventSource(withToken(`channels/${encodeURIComponent(channel)}/stream`));
+    // `after`: start from just after that id (the hub replays what came since).
+    const resume = after ? `?last_event_id=${encodeURIComponent(after)}` : "";
+    const source = new EventSource(withToken(`channels/${encodeURIComponent(channel)}/stream${resume}`));
     this.source = source;
     source.onopen = () => setState($("#tail-state"), this.paused ? "paused" : "live");
     source.onerror = () => {
@@ -220,11 +222,12 @@ async function publish(form) {
     body = text;
   }
   tail.watchType(event);
-  if (tail.channel !== channel) tail.open(channel);
   try {
     const response = await fetch(url, { method: "POST", headers, body });
     const answer = await response.json();
     if (response.ok) {
+      // A channel not tailed yet: tail it from just before this event, so that it shows.
+      if (tail.channel !== channel) tail.open(channel, idBefore(answer.id));
       out.textContent = `published ${answer.id}`;
       out.dataset.id = answer.id;
     } else {
@@ -235,6 +238,12 @@ async function publish(form) {
     out.className = "error";
     out.textContent = `failed: ${err.message}`;
   }
+}
+
+// The id just before `id` ("ms-seq"): a resume from it starts with `id` itself.
+function idBefore(id) {
+  const [ms, seq] = id.split("-").map(BigInt);
+  return seq > 0n ? `${ms}-${seq - 1n}` : `${ms - 1n}-18446744073709551615`;
 }
 
 // -- wiring --------------------------------------------------------------------
