@@ -132,6 +132,10 @@ def uvicorn_config(
         timeout_graceful_shutdown=max(1, int(settings.shutdown_seconds)),
         # The hub answers with its own JSON; no Server header needed.
         server_header=False,
+        # Who the client is behind a proxy is the hub's own rule (HUB_TRUSTED_PROXIES, in
+        # hub.http.auth), the same for every path: uvicorn's middleware would also rewrite
+        # scope["client"] from X-Forwarded-For for 127.0.0.1, on ASGI requests only.
+        proxy_headers=False,
         backlog=4096,
         **logging_options,
     )

@@ -27,7 +27,7 @@ from hub.http.auth import Auth
 from hub.http.errors import send_json_error
 from hub.http.raw import AppState, RawEndpoint
 from hub.http.sinks import AsgiSink, TransportSink, wait_disconnect
-from hub.http.streamlog import stream_ended, stream_refused
+from hub.http.streamlog import request_id, stream_ended, stream_refused
 from hub.http.types import Receive, Scope, Send
 from hub.inputs import InputError, check_channel, pick_last_event_id, resumes_for, stream_channels
 from hub.settings import Settings
@@ -55,6 +55,10 @@ class StreamEndpoint(RawEndpoint):
         # request's headers and query die with ``_open``'s frame (memory per
         # stream is what decides how many streams a process holds).
         hub, sub, writer, address = opened
+        # What the end line needs, taken now: then the request's headers go (a stream lives
+        # for hours, and memory per stream decides how many a process holds).
+        rid = request_id(scope)
+        scope["headers"].clear()  # the list uvicorn's protocol and cycle share with the scope
         try:
             if writer is not None:
                 await writer
@@ -67,7 +71,7 @@ class StreamEndpoint(RawEndpoint):
                 writer.cancel()
             if address is not None:
                 self._release(address)
-            stream_ended(scope, sub)
+            stream_ended(scope, sub, address, rid)
 
     async def _open(
         self, scope: Scope, receive: Receive, send: Send, single: str | None, multi: bool

@@ -41,7 +41,7 @@ def request_id(scope: Scope) -> str:
     return f"{_PREFIX}-{next(_made)}"
 
 
-def stream_ended(scope: Scope, sub: Subscriber, address: str | None = None) -> None:
+def stream_ended(scope: Scope, sub: Subscriber, address: str | None = None, rid: str | None = None) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
     client = scope.get("client")
@@ -53,7 +53,7 @@ def stream_ended(scope: Scope, sub: Subscriber, address: str | None = None) -> N
         "bytes": sub.sent_bytes,
         "end": HOW.get(sub.reason, sub.reason),
         "remote": peer,
-        "request_id": request_id(scope),
+        "request_id": rid or request_id(scope),
     }
     log.info(
         "stream of %s ended (%s) after %.1fs: %d events, %d bytes; %s, request %s",
