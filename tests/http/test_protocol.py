@@ -305,3 +305,34 @@ async def test_near_the_fd_limit_the_oldest_connections_without_a_request_make_r
     guard = server.cls.guard
     assert (guard.evicted, guard.refused) == (1, 1)
     await until(lambda: guard.open == 4)
+
+
+async def test_flow_control_makes_its_event_only_when_a_writer_waits() -> None:
+    from hub.http.protocol import LazyFlowControl
+
+    flow = LazyFlowControl(FakeTransport())
+    await flow.drain()  # writable: returns at once, and nothing was made for it
+    assert flow._writable is None
+    flow.pause_writing()
+    waiter = asyncio.ensure_future(flow.drain())
+    await asyncio.sleep(0)  # let it start waiting (an event is made now)
+    assert not waiter.done()
+    assert flow._writable is not None
+    flow.resume_writing()
+    await asyncio.wait_for(waiter, 1)
+    flow.pause_writing()
+    flow.resume_writing()
+    await asyncio.wait_for(flow.drain(), 1)
+
+
+async def test_a_stream_connection_keeps_nothing_it_needed_only_for_parsing() -> None:
+    server = Server()
+    proto, transport = server.connect()
+    assert proto.flow._writable is None  # type: ignore[attr-defined]
+    proto.data_received(STREAM + HEALTHZ)
+    await until(lambda: b": ok" in transport.written)
+    assert proto.parser is None
+    assert proto.pipeline == ()
+    proto.data_received(HEALTHZ)  # dropped, as before
+    transport.close()
+    await until(lambda: server.app.ended == ["/channels/x/stream"])
