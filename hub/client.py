@@ -20,6 +20,7 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from hub.producer import retry_after
 from hub.sse import SSEEvent, SSEParser
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,8 @@ class LineSender:
                     log.error("a line was refused: %s", problem)
                     self.failed += 1
                     return
-                wait = _retry_after(response.headers.get("Retry-After"))
+                wait = retry_after(response.headers.get("Retry-After"))
+                wait = min(wait, 60.0) if wait is not None else None
             pause = max(delay, wait or 0.0)
             if self.clock() + pause > deadline:
                 log.error("giving up on %d line(s) after %.0f s: %s", len(lines), self.max_wait, problem)
@@ -224,17 +226,6 @@ class LineSender:
             log.warning("%s; retrying in %.1f s", problem, pause)
             self.sleep(pause)
             delay = min(delay * 2, BACKOFF_MAX)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds (the hub sends seconds; an HTTP date counts as absent)."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return min(max(seconds, 0.0), 60.0) if seconds == seconds else None
 
 
 def read_batches(

@@ -50,7 +50,15 @@ from urllib.parse import quote
 
 import httpx
 
-__all__ = ["DEFAULT_TIMEOUT", "MAX_BATCH", "AsyncHubClient", "Event", "HubClient", "PublishError"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "MAX_BATCH",
+    "AsyncHubClient",
+    "Event",
+    "HubClient",
+    "PublishError",
+    "retry_after",
+]
 
 #: Connect, read, write and pool timeouts of each try (seconds).
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=10.0, write=10.0, pool=5.0)
@@ -141,7 +149,7 @@ def _events_path(channel: str) -> str:
     return f"/channels/{quote(channel, safe='')}/events"
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after(value: str | None) -> float | None:
     """``Retry-After`` in seconds: a number, or an HTTP date."""
     if value is None:
         return None
@@ -189,7 +197,7 @@ def _judge(response: httpx.Response) -> dict[str, Any] | _Again:
         return answer
     problem = _error_of(response)
     if response.status_code in RETRY_STATUSES:
-        return _Again(problem, _retry_after(response.headers.get("Retry-After")))
+        return _Again(problem, retry_after(response.headers.get("Retry-After")))
     raise problem
 
 

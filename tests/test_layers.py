@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "hub.brokers": {"hub.sse", "hub.core", "hub.inputs"},
     # The producers' library: the Redis codec, not the server.
     "hub.publisher": {"hub.sse", "hub.core", "hub.inputs", "hub.brokers"},
-    "hub.client": {"hub.sse"},
+    "hub.client": {"hub.sse", "hub.producer"},
     # The HTTP producers' library: httpx and the stdlib only.
     "hub.producer": set(),
     # Minting JWTs: PyJWT only.

@@ -437,11 +437,7 @@ class Auth:
         private = [c for c in channels if match(c) is not None]
         if not private:
             return None
-        token = bearer(scope)
-        if token is None:
-            token = query_token(scope)
-        if token is None and self.cookie is not None:
-            token = cookie_token(scope, self.cookie)
+        token = self._any_token(scope)
         if not token:
             where = "Authorization: Bearer, ?access_token=" + (
                 f" or the {self.cookie} cookie" if self.cookie else ""
@@ -457,16 +453,22 @@ class Auth:
         # client that reconnects with the same token then is refused, not ended at once.
         return grant.expires + LEEWAY_SECONDS if grant.expires is not None else None
 
-    def admin(self, scope: Scope) -> Refusal | None:
-        """The refusal of an admin endpoint (channel list, metrics, docs, dashboard)."""
-        if not self.credentials:
-            refusal = self._uncredentialed(scope, "the admin endpoints")
-            return refusal if isinstance(refusal, Refusal) else None
+    def _any_token(self, scope: Scope) -> str | None:
+        """A reader's token: ``Authorization: Bearer``, else ``?access_token=`` (what
+        ``EventSource`` can send), else the ``HUB_JWT_COOKIE`` cookie; "" for an empty one."""
         token = bearer(scope)
         if token is None:
             token = query_token(scope)
         if token is None and self.cookie is not None:
             token = cookie_token(scope, self.cookie)
+        return token
+
+    def admin(self, scope: Scope) -> Refusal | None:
+        """The refusal of an admin endpoint (channel list, metrics, docs, dashboard)."""
+        if not self.credentials:
+            refusal = self._uncredentialed(scope, "the admin endpoints")
+            return refusal if isinstance(refusal, Refusal) else None
+        token = self._any_token(scope)
         if not token:
             return unauthorized("this endpoint needs a publish token or an admin JWT", token == "")
         if self._static(token) >= 0:
