@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
@@ -152,3 +154,50 @@ async def test_credentials_are_checked_on_the_connection_path_too() -> None:
         assert app.requests["publish"] == 2
     finally:
         await app.stop()
+
+
+_pieces = st.sampled_from(
+    [
+        b"POST /channels/c/events HTTP/1.1\r\n",
+        b"POST /channels/a%2Fb/events HTTP/1.1\r\n",
+        b"POST /channels/c/events?event=x&retry=-1 HTTP/1.0\r\n",
+        b"GET /healthz HTTP/1.1\r\n",
+        b"Host: x\r\n",
+        b"Content-Type: application/json\r\n",
+        b"Content-Type: text/plain\r\n",
+        b"Content-Length: 11\r\n",
+        b"Content-Length: 5\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Expect: 100-continue\r\n",
+        b"Connection: close\r\n",
+        b"Origin: http://evil.example\r\n",
+        b"\r\n",
+        b'{"data": 1}',
+        b"hello",
+        b"5\r\nhello\r\n0\r\n\r\n",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.one_of(_pieces, st.binary(max_size=12)), max_size=14))
+def test_any_bytes_on_the_connection_path_never_raise_nor_answer_5xx(chunks: list[bytes]) -> None:
+    async def run() -> None:
+        app = create_app(Settings(max_body_bytes=1000))
+        await app.start()
+        try:
+            node = Node(app, now=True)
+            proto, transport = node.connect()
+            for chunk in chunks:
+                if transport.closing:
+                    break
+                proto.data_received(chunk)
+            await asyncio.sleep(0)  # let any ASGI request that started answer
+            written = bytes(transport.written)
+            for status in answers(written):
+                assert status < 500, written
+            transport.close()
+        finally:
+            await app.stop()
+
+    asyncio.run(run())
