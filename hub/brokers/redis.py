@@ -48,7 +48,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any, NoReturn
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
@@ -218,6 +218,9 @@ class RedisBroker(Broker):
         }
         # A cluster (redis+cluster://): tagged keys, sharded pub/sub (hub/brokers/redis_cluster.py).
         self._tagged = self._target.mode == "cluster"
+        self._command_timeout = command_timeout
+        # The cluster's command slots (see _init_cluster); None with one Redis.
+        self._slots: asyncio.Semaphore | None = None
         self._pool: BlockingConnectionPool | None = None
         self._publish_pool: BlockingConnectionPool | None = None
         self._redis: Redis | RedisCluster
@@ -268,6 +271,11 @@ class RedisBroker(Broker):
         cluster = cluster_client(
             target, max_connections=pool_size, timeout=command_timeout, retries=1, name="ssehub"
         )
+        # redis-py's cluster client refuses a command when a node's pool is exhausted
+        # ("Too many connections") where the single-Redis pool waits: a burst of replays
+        # (a reconnect storm) would end streams with 503s. Commands wait for a slot
+        # instead, for at most the command timeout, as with one Redis.
+        self._slots = asyncio.Semaphore(pool_size)
         self._redis = cluster
         publisher = cluster_client(
             target, max_connections=2, timeout=command_timeout, retries=0, name="ssehub-publish"
@@ -606,7 +614,8 @@ class RedisBroker(Broker):
             for stream, after in group.items():
                 pipe.xrange(stream, min=f"({after}", max="+")
                 order.append(stream)
-        replies = await pipe.execute(raise_on_error=False)
+        async with self._slot():
+            replies = await pipe.execute(raise_on_error=False)
         found: list[Any] = []
         for stream, reply in zip(order, replies, strict=True):
             if isinstance(reply, ResponseError):
@@ -817,7 +826,7 @@ class RedisBroker(Broker):
             start = format_id(horizon)
         else:
             start = "-" if after is None else f"({format_id(after)}"
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._slot(), self._redis.pipeline(transaction=True) as pipe:
             pipe.xinfo_stream(stream)
             pipe.xrange(stream, min=start, max="+", count=None if limit is None else limit + 1)
             if aged and after is not None:
@@ -851,8 +860,24 @@ class RedisBroker(Broker):
         except _REDIS_ERRORS as exc:
             self._fail("reading the newest id failed", exc, channel)
 
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """One of the cluster client's ``pool_size`` command slots (one Redis: nothing to
+        take, its pool waits by itself); TimeoutError past the command timeout."""
+        slots = self._slots
+        if slots is None:
+            yield
+            return
+        async with asyncio.timeout(self._command_timeout):
+            await slots.acquire()
+        try:
+            yield
+        finally:
+            slots.release()
+
     async def _newest(self, stream: str) -> Key:
-        entries: Any = await self._redis.xrevrange(stream, max="+", min="-", count=1)
+        async with self._slot():
+            entries: Any = await self._redis.xrevrange(stream, max="+", min="-", count=1)
         return parse_key(entries[0][0]) if entries else ZERO
 
     def channel_names(self) -> Collection[str]:

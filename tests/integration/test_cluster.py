@@ -283,3 +283,31 @@ def test_a_redis_url_naming_a_cluster_node_stops_start_up(cluster: ClusterSetup)
     hub.proc.wait(30)
     assert "use redis+cluster://host:port" in hub.log()
     hub.stop()
+
+
+async def test_a_burst_of_replays_past_the_pool_size_waits_for_connections_instead_of_failing(
+    cluster: ClusterSetup,
+) -> None:
+    """redis-py's cluster client refuses a command when a node's pool is exhausted; the hub
+    waits for a connection instead, as it does with one Redis (a reconnect storm)."""
+    hub = cluster_node(cluster, HUB_REDIS_POOL_SIZE="2", HUB_REDIS_TIMEOUT="10")
+    hub.start()
+    try:
+        async with client() as http:
+            await until_ready(http, hub)
+            ids = [await publish(http, hub.url, "storm", {"n": n}) for n in range(5)]
+            url = f"{hub.url}/channels/storm/stream"
+            async with contextlib.AsyncExitStack() as stack:
+                streams = await asyncio.gather(
+                    *(
+                        stack.enter_async_context(open_stream(http, url, {"Last-Event-ID": "earliest"}))
+                        for _ in range(30)
+                    )
+                )
+                for stream in streams:
+                    assert stream.response.status_code == 200
+                    events = await stream.wait_for(5, timeout=30)
+                    assert [e.id for e in events] == ids
+        assert "Too many connections" not in hub.log()
+    finally:
+        hub.stop()
