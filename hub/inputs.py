@@ -246,10 +246,28 @@ def parse_text_body(body: bytes, query: Mapping[str, str], limits: Limits) -> Pa
     )
 
 
+# Content types seen, parsed: publishers send the same few on every request.
+_MEDIA_TYPES: dict[str, tuple[str, str | None]] = {}
+_MEDIA_TYPES_MAX = 64
+
+
 def media_type(content_type: str | None) -> tuple[str, str | None]:
     """``"text/plain; charset=UTF-8"`` -> ``("text/plain", "utf-8")``."""
     if not content_type:
         return "", None
+    known = _MEDIA_TYPES.get(content_type)
+    if known is not None:
+        return known
+    parsed = _parse_media_type(content_type)
+    if len(content_type) > 128:
+        return parsed  # not kept: at most 64 short strings are
+    if len(_MEDIA_TYPES) >= _MEDIA_TYPES_MAX:
+        _MEDIA_TYPES.clear()  # a client sending ever new ones gains nothing but a parse
+    _MEDIA_TYPES[content_type] = parsed
+    return parsed
+
+
+def _parse_media_type(content_type: str) -> tuple[str, str | None]:
     main, *params = content_type.split(";")
     charset = None
     for param in params:

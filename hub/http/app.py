@@ -139,16 +139,16 @@ class HubApp(Router):
             fallback_guard=self._admin_guard,
         )
 
-    def takes_now(self, path: str) -> bool:
-        """A POST to ``path`` that the connection may answer itself with :meth:`answer_now`:
-        a publish, while the broker publishes without waiting."""
-        return self._now and channel_events(path) is not None
+    def takes_now(self, path: str) -> dict[str, str] | None:
+        """The path's parameters when a POST to ``path`` is one the connection may answer
+        itself with :meth:`answer_now` (a publish, while the broker publishes without
+        waiting), else None."""
+        return channel_events(path) if self._now else None
 
     def answer_now(self, scope: Scope, body: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """A publish whose body has arrived, answered with no task and no ASGI messages:
         admitted (counted, credentials checked) exactly as :class:`Router` admits it."""
-        scope["path_params"] = channel_events(scope["path"])
-        refusal = self.admit(self._publish_route, scope)
+        refusal = self.admit(self._publish_route, scope)  # path_params: set by the connection
         if refusal is not None:
             headers = [(b"content-type", b"application/json"), *refusal.headers, *self.cors(scope)]
             return refusal.status, headers, error_body(refusal.error, refusal.detail)

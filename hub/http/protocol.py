@@ -254,7 +254,7 @@ class AnswersNow(Protocol):
 
     body_limit: int
 
-    def takes_now(self, path: str) -> bool: ...
+    def takes_now(self, path: str) -> dict[str, str] | None: ...
 
     def answer_now(
         self, scope: dict[str, Any], body: bytes | None
@@ -436,9 +436,11 @@ class HubHttpProtocol(HttpToolsProtocol):
         path = parsed.path.decode("ascii")
         if "%" in path:
             path = urllib.parse.unquote(path)
-        if not now.takes_now(path):
+        params = now.takes_now(path)
+        if params is None:
             return False
-        scope = self.scope
+        scope = cast(dict[str, Any], self.scope)
+        scope["path_params"] = params
         scope["method"] = "POST"
         version = parser.get_http_version()
         if version != "1.1":
@@ -446,7 +448,7 @@ class HubHttpProtocol(HttpToolsProtocol):
         scope["path"] = path
         scope["raw_path"] = parsed.path
         scope["query_string"] = parsed.query or b""
-        self.now_scope = cast(dict[str, Any], scope)
+        self.now_scope = scope
         self.now_size = 0
         return True
 
