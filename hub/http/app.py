@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
@@ -28,7 +29,7 @@ from hub.http.dashboard import make_dashboard_router
 from hub.http.errors import error_body
 from hub.http.metrics import make_registry, write_snapshot
 from hub.http.monitor import Monitor
-from hub.http.publish import PublishEndpoint
+from hub.http.publish import Answer, PublishEndpoint
 from hub.http.raw import AppState, cors_headers, origin_of
 from hub.http.routes import Route, Router, channel_events, channel_stream, multi_stream
 from hub.http.stream import StreamEndpoint
@@ -109,7 +110,9 @@ class HubApp(Router):
             "events are published with POST",
             self._publish_guard,
         )
-        # Set while the broker publishes without waiting: publishes skip ASGI (answer_now).
+        # While the hub runs, publishes skip ASGI (answer_now); with a broker that publishes
+        # without waiting (_now) they need no task either.
+        self._takes = False
         self._now = False
         self.body_limit = settings.max_body_bytes
         super().__init__(
@@ -141,18 +144,21 @@ class HubApp(Router):
 
     def takes_now(self, path: str) -> dict[str, str] | None:
         """The path's parameters when a POST to ``path`` is one the connection may answer
-        itself with :meth:`answer_now` (a publish, while the broker publishes without
-        waiting), else None."""
-        return channel_events(path) if self._now else None
+        itself with :meth:`answer_now` (a publish, while the hub runs), else None."""
+        return channel_events(path) if self._takes else None
 
-    def answer_now(self, scope: Scope, body: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """A publish whose body has arrived, answered with no task and no ASGI messages:
-        admitted (counted, credentials checked) exactly as :class:`Router` admits it."""
+    def answer_now(self, scope: Scope, body: bytes | None) -> Answer | Coroutine[Any, Any, Answer]:
+        """A publish whose body has arrived, answered with no ASGI messages: admitted
+        (counted, credentials checked) exactly as :class:`Router` admits it. The whole
+        answer when the broker publishes without waiting (no task at all), else a
+        coroutine of it (the connection runs it as the publish's one task)."""
         refusal = self.admit(self._publish_route, scope)  # path_params: set by the connection
         if refusal is not None:
             headers = [(b"content-type", b"application/json"), *refusal.headers, *self.cors(scope)]
             return refusal.status, headers, error_body(refusal.error, refusal.detail)
-        return self.publish.publish_now(scope, body)
+        if self._now:
+            return self.publish.publish_now(scope, body)
+        return self.publish.publish_later(scope, body)
 
     def _publish_guard(self, scope: Scope) -> Refusal | None:
         who = self.auth.publish(scope, scope["path_params"]["channel"])
@@ -235,6 +241,7 @@ class HubApp(Router):
         await hub.start()
         self.state.hub = hub
         self._now = isinstance(broker, PublishesNow)
+        self._takes = True
 
         # Memory goes back to the OS after a wave of closed streams, or of forgotten channels.
         def released() -> int:
@@ -275,7 +282,7 @@ class HubApp(Router):
         return count
 
     async def stop(self) -> None:
-        self._now = False
+        self._takes = self._now = False
         if self.hub is None:
             return
         self.drain()

@@ -36,6 +36,7 @@ import resource
 import sys
 import time
 import urllib.parse
+from collections.abc import Awaitable
 from typing import Any, ClassVar, Protocol, cast
 
 import httptools
@@ -250,15 +251,42 @@ Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
 class AnswersNow(Protocol):
-    """The app's side of answering a publish in the connection itself (the HubApp)."""
+    """The app's side of answering a publish in the connection itself (the HubApp): the
+    whole answer, or an awaitable of it when the broker must wait."""
 
     body_limit: int
 
     def takes_now(self, path: str) -> dict[str, str] | None: ...
 
-    def answer_now(
-        self, scope: dict[str, Any], body: bytes | None
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]: ...
+    def answer_now(self, scope: dict[str, Any], body: bytes | None) -> Answer | Awaitable[Answer]: ...
+
+
+class _Pending:
+    """Stands for uvicorn's request cycle while a publish is answered later: not complete,
+    so uvicorn queues the connection's next request behind it; the attributes uvicorn
+    reads of a cycle (on a lost connection, a shutdown, a keep-alive timeout)."""
+
+    __slots__ = ("disconnected", "keep_alive", "message_event", "response_complete")
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.response_complete = False
+        self.disconnected = False
+        self.keep_alive = keep_alive  # a shutdown sets it False: the connection closes after
+        self.message_event = _NO_EVENT
+
+
+class _NoEvent:
+    def set(self) -> None:
+        pass
+
+
+_NO_EVENT = _NoEvent()
+
+
+def _internal_error(scope: dict[str, Any]) -> Answer:
+    log.exception("publish to %s failed", scope.get("path"))
+    body = error_body("internal_error", "the hub failed to handle this request; it is logged")
+    return 500, [(b"content-type", b"application/json")], body
 
 
 class HubHttpProtocol(HttpToolsProtocol):
@@ -453,13 +481,36 @@ class HubHttpProtocol(HttpToolsProtocol):
         return True
 
     def _answer_now(self, now: AnswersNow, scope: dict[str, Any], body: bytes | None) -> None:
-        try:
-            status, headers, out = now.answer_now(scope, body)
-        except Exception:  # a bug: the client gets the hub's JSON 500, the connection lives on
-            log.exception("publish to %s failed", scope.get("path"))
-            status, headers = 500, [(b"content-type", b"application/json")]
-            out = error_body("internal_error", "the hub failed to handle this request; it is logged")
         keep_alive = scope["http_version"] != "1.0" and self.parser.should_keep_alive()
+        try:
+            answer = now.answer_now(scope, body)
+        except Exception:  # a bug: the client gets the hub's JSON 500, the connection lives on
+            answer = _internal_error(scope)
+        if isinstance(answer, tuple):
+            self._write_answer(answer, keep_alive)
+            return
+        # The broker must wait (Redis): one task for the publish, and a placeholder cycle so
+        # that uvicorn queues whatever comes next on this connection behind it, in order.
+        pending = _Pending(keep_alive)
+        self.cycle = cast(RequestResponseCycle, pending)  # only the attributes it reads
+        task = self.loop.create_task(self._answer_later(pending, scope, answer))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)  # a graceful shutdown waits for it, as for an ASGI request
+
+    async def _answer_later(
+        self, pending: _Pending, scope: dict[str, Any], answer: Awaitable[Answer]
+    ) -> None:
+        try:
+            done = await answer
+        except Exception:
+            done = _internal_error(scope)
+        pending.response_complete = True
+        if pending.disconnected or self.transport.is_closing():
+            return
+        self._write_answer(done, pending.keep_alive)
+
+    def _write_answer(self, answer: Answer, keep_alive: bool) -> None:
+        status, headers, out = answer
         parts = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             parts += (name, b": ", value, b"\r\n")

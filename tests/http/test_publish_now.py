@@ -61,12 +61,17 @@ class Node:
         return proto, transport
 
 
-@pytest.fixture(params=[True, False], ids=["now", "asgi"])
+@pytest.fixture(params=["now", "later", "asgi"])
 async def node(request: pytest.FixtureRequest) -> AsyncIterator[Node]:
+    """The three ways a publish is answered: in the connection at once (a broker that never
+    waits), in the connection by one task (a broker that waits: Redis; played here by the
+    memory broker's async publish), and through ASGI."""
     app = create_app(Settings(max_body_bytes=1000))
     await app.start()
+    if request.param == "later":
+        app._now = False
     try:
-        yield Node(app, now=request.param)
+        yield Node(app, now=request.param != "asgi")
     finally:
         await app.stop()
 
@@ -81,7 +86,7 @@ def bodies(written: bytes) -> list[Any]:
 async def test_pipelined_publishes_are_answered_in_order_around_other_requests(node: Node) -> None:
     proto, transport = node.connect()
     proto.data_received(post("p", b'{"data": 1}') * 3 + HEALTHZ + post("p", b'{"data": 2}'))
-    if node.cls.now is not None:
+    if node.cls.now is not None and node.app._now:
         # The three before the ASGI request: answered in this read, in one write.
         assert answers(bytes(transport.written)) == [202, 202, 202]
         assert transport.writes == 1
@@ -201,3 +206,26 @@ def test_any_bytes_on_the_connection_path_never_raise_nor_answer_5xx(chunks: lis
             await app.stop()
 
     asyncio.run(run())
+
+
+async def test_a_publish_answered_later_keeps_the_connections_order_and_survives_its_client() -> None:
+    app = create_app(Settings())
+    await app.start()
+    app._now = False  # as with a broker that must wait (Redis): one task per publish
+    try:
+        node = Node(app, now=True)
+        proto, transport = node.connect()
+        # A publish, then an ASGI request and another publish pipelined behind it.
+        proto.data_received(post("later", b'{"data": 1}') + HEALTHZ + post("later", b'{"data": 2}'))
+        await until(lambda: len(answers(bytes(transport.written))) == 3)
+        assert answers(bytes(transport.written)) == [202, 200, 202]
+        ids = [b["id"] for b in bodies(bytes(transport.written)) if "id" in b]
+        assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+        # A client that goes while its publish is pending: nothing is written after the close.
+        proto, transport = node.connect()
+        proto.data_received(post("later", b'{"data": 3}'))
+        transport.close()
+        await until(lambda: proto.cycle is not None and proto.cycle.response_complete)
+        assert transport.written == b""
+    finally:
+        await app.stop()
