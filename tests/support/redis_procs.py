@@ -219,11 +219,26 @@ class SentinelSetup:
         stop_all(self.processes)
 
 
-def redis_cli(port: int, *args: str, timeout: float = 10) -> str:
+def tls_cli_args(certs: Certificates | None) -> list[str]:
+    """redis-cli's options to speak TLS with ``certs`` (none without)."""
+    if certs is None:
+        return []
+    return [
+        "--tls",
+        "--cacert",
+        str(certs.ca),
+        "--cert",
+        str(certs.client_cert),
+        "--key",
+        str(certs.client_key),
+    ]
+
+
+def redis_cli(port: int, *args: str, timeout: float = 10, tls: Certificates | None = None) -> str:
     """``redis-cli -p port args...``; its output (raises on a failed run)."""
     cli = require_binary("redis-cli")
     done = subprocess.run(
-        [cli, "-h", "127.0.0.1", "-p", str(port), *args],
+        [cli, "-h", "127.0.0.1", "-p", str(port), *tls_cli_args(tls), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -241,30 +256,63 @@ class ClusterSetup:
     ``cluster_state:ok`` and every replica has its master.
     """
 
-    def __init__(self, masters: int = 3, node_timeout_ms: int = 2000) -> None:
+    def __init__(
+        self, masters: int = 3, node_timeout_ms: int = 2000, tls: Certificates | None = None
+    ) -> None:
         ports = distinct_ports(masters * 4)  # a client port and a bus port per node
         self.nodes = [RedisProcess(ports.pop(), name="redis-cluster") for _ in range(masters * 2)]
         self.bus_ports = {node.port: ports.pop() for node in self.nodes}
         self.masters = masters
         self.node_timeout_ms = node_timeout_ms
+        # With certificates: TLS only, between the nodes too (clients checked against the CA).
+        self.tls = tls
+        for node in self.nodes:
+            node.tls = tls
+
+    def cli(self, port: int, *args: str) -> str:
+        return redis_cli(port, *args, tls=self.tls)
 
     @property
     def url(self) -> str:
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port},127.0.0.1:{self.nodes[1].port}"
+        scheme = "rediss+cluster" if self.tls is not None else "redis+cluster"
+        return f"{scheme}://127.0.0.1:{self.nodes[0].port},127.0.0.1:{self.nodes[1].port}"
 
     def start(self) -> None:
         for node in self.nodes:
+            tls: list[str] = []
+            if self.tls is not None:
+                tls = [
+                    "--port", "0", "--tls-port", str(node.port),
+                    "--tls-cluster", "yes", "--tls-replication", "yes",
+                    "--tls-cert-file", str(self.tls.server_cert),
+                    "--tls-key-file", str(self.tls.server_key),
+                    "--tls-ca-cert-file", str(self.tls.ca),
+                    "--tls-auth-clients", "yes",
+                    # Nodes are clients too (the bus, replication): with a client certificate.
+                    "--tls-client-cert-file", str(self.tls.client_cert),
+                    "--tls-client-key-file", str(self.tls.client_key),
+                ]  # fmt: skip
             node.start(
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(node.dir / "nodes.conf"),
                 "--cluster-node-timeout", str(self.node_timeout_ms),
                 "--cluster-port", str(self.bus_ports[node.port]),
                 "--cluster-replica-validity-factor", "0",
+                *tls,
             )  # fmt: skip
         cli = require_binary("redis-cli")
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         subprocess.run(
-            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "1", "--cluster-yes"],
+            [
+                cli,
+                *tls_cli_args(self.tls),
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
             check=True,
             capture_output=True,
             timeout=60,
@@ -277,20 +325,20 @@ class ClusterSetup:
     def healthy(self) -> bool:
         for node in self.alive():
             try:
-                if "cluster_state:ok" not in redis_cli(node.port, "CLUSTER", "INFO"):
+                if "cluster_state:ok" not in self.cli(node.port, "CLUSTER", "INFO"):
                     return False
             except subprocess.SubprocessError:
                 return False
         return len(self.primaries()) == self.masters and all(self._synced(n) for n in self.alive())
 
     def _synced(self, node: RedisProcess) -> bool:
-        info = redis_cli(node.port, "INFO", "replication")
+        info = self.cli(node.port, "INFO", "replication")
         return "role:master" in info or "master_link_status:up" in info
 
     def primaries(self) -> list[RedisProcess]:
         """The nodes that are masters (owning slots) now, as the first live node sees it."""
         by_port = {n.port: n for n in self.nodes}
-        out = redis_cli(self.alive()[0].port, "CLUSTER", "NODES")
+        out = self.cli(self.alive()[0].port, "CLUSTER", "NODES")
         found = []
         for line in out.splitlines():
             fields = line.split()
@@ -302,9 +350,9 @@ class ClusterSetup:
 
     def owner(self, key: str) -> RedisProcess:
         """The master serving ``key``'s slot now."""
-        slot = int(redis_cli(self.alive()[0].port, "CLUSTER", "KEYSLOT", key))
+        slot = int(self.cli(self.alive()[0].port, "CLUSTER", "KEYSLOT", key))
         for node in self.primaries():
-            for line in redis_cli(node.port, "CLUSTER", "NODES").splitlines():
+            for line in self.cli(node.port, "CLUSTER", "NODES").splitlines():
                 fields = line.split()
                 if "myself" in fields[2]:
                     for part in fields[8:]:
@@ -321,9 +369,9 @@ class ClusterSetup:
             return None
 
     def replica_of(self, master: RedisProcess) -> RedisProcess:
-        node_id = redis_cli(master.port, "CLUSTER", "MYID").strip()
+        node_id = self.cli(master.port, "CLUSTER", "MYID").strip()
         by_port = {n.port: n for n in self.nodes}
-        for line in redis_cli(master.port, "CLUSTER", "NODES").splitlines():
+        for line in self.cli(master.port, "CLUSTER", "NODES").splitlines():
             fields = line.split()
             if fields[3] == node_id:
                 return by_port[int(fields[1].split("@")[0].rsplit(":", 1)[1])]
