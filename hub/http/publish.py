@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from hub.core.broker import BrokerUnavailable, PublishesNow
+from hub.core.broker import Broker, BrokerUnavailable, PublishesNow
 from hub.core.event import Payload
 from hub.http.errors import broker_unavailable, error_body
 from hub.http.raw import RawEndpoint
@@ -82,20 +82,13 @@ class PublishEndpoint(RawEndpoint):
             return
         except InputError as exc:
             answer = self._error(exc, request.cors)
+            self._count(scope, answer[0], started)
         else:
-            try:
-                channel, payloads, batch, key = self._prepare(scope, request, body)
-                hub = self.state.hub
-                assert hub is not None  # _prepare checked it
-                ids = await hub.broker.publish(channel, payloads, key)
-                answer = self._accepted(channel, ids, batch, request.cors)
-            except Exception as exc:
-                answer = self._error(exc, request.cors, scope)
+            answer = await self._publish(scope, request, body, started)
         status, headers, out = answer
         headers.append((b"content-length", str(len(out)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
-        self._count(scope, status, started)
 
     def publish_now(self, scope: Scope, body: bytes | None) -> Answer:
         """The whole answer to a publish whose body has arrived (None: it was over the
@@ -103,13 +96,8 @@ class PublishEndpoint(RawEndpoint):
         started = time.perf_counter()
         request = _Request(self, scope)
         try:
-            if body is None:
-                limit = self.settings.max_body_bytes
-                raise InputError(413, "body_too_large", f"the body is over the limit of {limit} bytes")
-            channel, payloads, batch, key = self._prepare(scope, request, body)
-            hub = self.state.hub
-            assert hub is not None  # _prepare checked it
-            ids = cast(PublishesNow, hub.broker).publish_now(channel, payloads, key)
+            channel, payloads, batch, key, broker = self._prepare(scope, request, body)
+            ids = cast(PublishesNow, broker).publish_now(channel, payloads, key)
             answer = self._accepted(channel, ids, batch, request.cors)
         except Exception as exc:
             answer = self._error(exc, request.cors, scope)
@@ -119,16 +107,12 @@ class PublishEndpoint(RawEndpoint):
     async def publish_later(self, scope: Scope, body: bytes | None) -> Answer:
         """:meth:`publish_now` for a broker that must wait (Redis): the connection runs this
         as the publish's one task, with no ASGI cycle around it."""
-        started = time.perf_counter()
-        request = _Request(self, scope)
+        return await self._publish(scope, _Request(self, scope), body, time.perf_counter())
+
+    async def _publish(self, scope: Scope, request: _Request, body: bytes | None, started: float) -> Answer:
         try:
-            if body is None:
-                limit = self.settings.max_body_bytes
-                raise InputError(413, "body_too_large", f"the body is over the limit of {limit} bytes")
-            channel, payloads, batch, key = self._prepare(scope, request, body)
-            hub = self.state.hub
-            assert hub is not None  # _prepare checked it
-            ids = await hub.broker.publish(channel, payloads, key)
+            channel, payloads, batch, key, broker = self._prepare(scope, request, body)
+            ids = await broker.publish(channel, payloads, key)
             answer = self._accepted(channel, ids, batch, request.cors)
         except Exception as exc:
             answer = self._error(exc, request.cors, scope)
@@ -136,11 +120,15 @@ class PublishEndpoint(RawEndpoint):
         return answer
 
     def _prepare(
-        self, scope: Scope, request: _Request, body: bytes
-    ) -> tuple[str, list[Payload], bool, str | None]:
-        """Checked: the channel, the events, whether a batch, the idempotency key."""
+        self, scope: Scope, request: _Request, body: bytes | None
+    ) -> tuple[str, list[Payload], bool, str | None, Broker]:
+        """Checked: the channel, the events, whether a batch, the idempotency key, and the
+        broker to publish them to. ``body`` None: it was over the limit (413)."""
         channel: str = scope["path_params"]["channel"]
         check_channel(channel)
+        if body is None:
+            limit = self.settings.max_body_bytes
+            raise InputError(413, "body_too_large", f"the body is over the limit of {limit} bytes")
         hub = self.state.hub
         if hub is None:
             raise BrokerUnavailable("the hub is not running")
@@ -155,7 +143,7 @@ class PublishEndpoint(RawEndpoint):
         if not hub.broker.ready:
             raise BrokerUnavailable(f"{hub.broker.name} broker is not connected")
         # A retry with the key of an earlier publish gets that publish's ids, stored once.
-        return channel, payloads, batch, check_idempotency_key(request.idempotency_key)
+        return channel, payloads, batch, check_idempotency_key(request.idempotency_key), hub.broker
 
     def _accepted(self, channel: str, ids: list[str], batch: bool, cors: Headers) -> Answer:
         self.state.stats.accepted(channel, len(ids))

@@ -22,7 +22,7 @@ import orjson
 from hub import sse
 from hub.core.broker import BrokerUnavailable
 from hub.core.hub import Hub
-from hub.core.subscriber import Subscriber
+from hub.core.subscriber import Resume, Subscriber
 from hub.http.auth import Auth
 from hub.http.errors import send_json_error
 from hub.http.raw import AppState, RawEndpoint
@@ -114,19 +114,34 @@ class StreamEndpoint(RawEndpoint):
                 await self._refuse(send, headers, "address")
                 return None
             self.per_address[address] = self.per_address.get(address, 0) + 1
-
+        opened = None
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self._headers(headers)})
-            if scope["method"] == "HEAD":
-                await send({"type": "http.response.body", "body": b""})
-                if address is not None:
-                    self._release(address)
-                return None
-        except BaseException:
-            if address is not None:
+            opened = await self._start(scope, receive, send, hub, headers, channels, multi, resumes)
+        finally:
+            # The address's slot stays taken only by a stream that is open (released in __call__).
+            if opened is None and address is not None:
                 self._release(address)
-            raise
+        if opened is None:
+            return None
+        sub, writer = opened
+        return hub, sub, writer, address
 
+    async def _start(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        hub: Hub,
+        headers: dict[str, str],
+        channels: list[str],
+        multi: bool,
+        resumes: list[Resume | None],
+    ) -> tuple[Subscriber, asyncio.Future[None] | None] | None:
+        """Send the head and attach; None for a HEAD (no stream follows)."""
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers(headers)})
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return None
         fast = TransportSink.from_send(send, scope)
         sink = fast if fast is not None else AsgiSink(send)
         writer = asyncio.ensure_future(sink.run(receive)) if isinstance(sink, AsgiSink) else None
@@ -140,13 +155,11 @@ class StreamEndpoint(RawEndpoint):
             hub.detach(sub)
             if writer is not None:
                 writer.cancel()
-            if address is not None:
-                self._release(address)
             raise
         expires = scope.get("hub.expires")
         if expires is not None:
             hub.end_at(sub, expires, self._expired(channels, multi))
-        return hub, sub, writer, address
+        return sub, writer
 
     def _release(self, address: str) -> None:
         left = self.per_address.get(address, 0) - 1
