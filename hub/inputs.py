@@ -116,17 +116,21 @@ def _payload_from_object(obj: Any, limits: Limits, where: str) -> Payload:
     rounded an integer of its data (see :func:`_rounded`), its size is checked later."""
     if not isinstance(obj, dict):
         raise bad(f'{where}: expected an object like {{"data": ...}}')
-    unknown = obj.keys() - _FIELDS
-    if unknown:
-        raise bad(
-            f"{where}: unknown field(s) {sorted(unknown)}; allowed: data, event, retry"
-            " (ids are assigned by the hub)"
-        )
-    if "data" not in obj:
-        raise bad(f"{where}: missing field 'data'")
+    alone = len(obj) == 1 and "data" in obj  # most events: no type, no retry to check
+    if not alone:
+        unknown = obj.keys() - _FIELDS
+        if unknown:
+            raise bad(
+                f"{where}: unknown field(s) {sorted(unknown)}; allowed: data, event, retry"
+                " (ids are assigned by the hub)"
+            )
+        if "data" not in obj:
+            raise bad(f"{where}: missing field 'data'")
     data = _compact(obj["data"], where)
     if not _rounded(data):
         _check_size(_utf8_size(data), limits, where)
+    if alone:
+        return Payload("json", data)
     return Payload(
         "json",
         data,
@@ -224,7 +228,7 @@ def parse_json_body(body: bytes, limits: Limits) -> tuple[list[Payload], bool]:
         payloads = [_payload_from_object(item, limits, f"[{i}]") for i, item in enumerate(value)]
     else:
         payloads = [_payload_from_object(value, limits, "body")]
-    if any(_rounded(p.data) for p in payloads):
+    if _rounded(payloads[0].data) if len(payloads) == 1 else any(_rounded(p.data) for p in payloads):
         payloads = _with_exact_integers(body, payloads, limits, batch)
     return payloads, batch
 

@@ -21,7 +21,7 @@ from collections.abc import Collection, Sequence
 from hub.brokers.idempotency import Records, fingerprint
 from hub.core.broker import Broker, ChannelStats, Deliver
 from hub.core.event import Event, Payload
-from hub.core.ids import ZERO, IdClock, Key, format_id
+from hub.core.ids import ZERO, IdClock, Key
 from hub.core.ring import History, ReplayRing
 from hub.core.throttle import Throttle
 
@@ -129,6 +129,8 @@ class MemoryBroker(Broker):
         return self._publish(channel, payloads)
 
     def _publish(self, channel: str, payloads: Sequence[Payload]) -> list[str]:
+        if not payloads:
+            return []
         logs = self._logs
         entry = logs.get(channel)
         if entry is None:
@@ -136,8 +138,11 @@ class MemoryBroker(Broker):
             self.bytes += CHANNEL_OVERHEAD
         else:
             logs.move_to_end(channel)  # the most recently published go last
-        keys = [entry.clock.next() for _ in payloads]
-        events = [Event(channel, key, p) for key, p in zip(keys, payloads, strict=True)]
+        clock = entry.clock
+        first = clock.next()
+        events = [Event(channel, first, payloads[0])]
+        for payload in payloads[1:]:  # a batch
+            events.append(Event(channel, clock.next(), payload))
         deliver = self._deliver
         ring = entry.ring
         added = 0
@@ -151,12 +156,12 @@ class MemoryBroker(Broker):
                 deliver(event)
         entry.bytes += added
         self.bytes += added
-        if self.ttl_ms and keys[0][0] - self.ttl_ms > ring.oldest_ms:
+        if self.ttl_ms and first[0] - self.ttl_ms > ring.oldest_ms:
             # This channel holds events older than the history's age (ids carry their time).
-            self._expire(entry, keys[0][0] - self.ttl_ms)
+            self._expire(entry, first[0] - self.ttl_ms)
         if self.bytes > self.max_bytes:
             self._evict(channel, len(events))
-        return [format_id(key) for key in keys]
+        return [event.id for event in events if event.id is not None]  # each is numbered
 
     def _expire(self, entry: _Log, before_ms: int) -> None:
         first = entry.ring.first

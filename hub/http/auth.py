@@ -248,12 +248,20 @@ class RateLimiter:
         return wait
 
 
+def header_map(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by lower-case name, the first of each: made once per request,
+    as the guard and then the endpoint read them (a publish's hot path)."""
+    found: dict[bytes, bytes] | None = scope.get("hub.headers")
+    if found is None:
+        # Reversed: of a repeated header the first is written last, and stays.
+        found = scope["hub.headers"] = {key.lower(): value for key, value in reversed(scope["headers"])}
+    return found
+
+
 def header(scope: Scope, name: bytes) -> str | None:
     """The first ``name`` header (lower-case), as text."""
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
+    value = header_map(scope).get(name)
+    return None if value is None else value.decode("latin-1")
 
 
 def bearer(scope: Scope) -> str | None:
@@ -371,9 +379,8 @@ class Auth:
         client = scope.get("client")
         if client and not self._is_loopback(str(client[0])):
             return False
-        return not any(
-            key.lower() in (b"x-forwarded-for", b"forwarded", b"x-real-ip") for key, _ in scope["headers"]
-        )
+        headers = header_map(scope)
+        return not (b"x-forwarded-for" in headers or b"forwarded" in headers or b"x-real-ip" in headers)
 
     # -- the rules ------------------------------------------------------------
 

@@ -50,6 +50,6 @@ class HttpStats:
 
     def accepted(self, channel: str, events: int) -> None:
         self.events_published += events
-        if self.globs:
+        if self.globs.globs:  # not bool(self.globs): a Python call per publish
             for glob in self.globs.matching(channel):
                 self.glob_events[glob] = self.glob_events.get(glob, 0) + events

@@ -20,6 +20,7 @@ import orjson
 
 from hub.core.broker import Broker, BrokerUnavailable, PublishesNow
 from hub.core.event import Payload
+from hub.http.auth import header_map
 from hub.http.errors import broker_unavailable, error_body
 from hub.http.raw import RawEndpoint
 from hub.http.types import Receive, Scope, Send
@@ -49,21 +50,15 @@ class _Request:
     __slots__ = ("content_type", "cors", "declared", "idempotency_key")
 
     def __init__(self, endpoint: PublishEndpoint, scope: Scope) -> None:
-        self.content_type: str | None = None
-        self.declared: str | None = None
-        self.idempotency_key: str | None = None
-        origin: str | None = None
-        for key, value in scope["headers"]:
-            key = key.lower()
-            if key == b"content-type":
-                self.content_type = value.decode("latin-1")
-            elif key == b"idempotency-key":
-                self.idempotency_key = value.decode("latin-1")
-            elif key == b"content-length":
-                self.declared = value.decode("latin-1")
-            elif key == b"origin":
-                origin = value.decode("latin-1")
-        self.cors = endpoint.cors(origin)
+        headers = header_map(scope)
+        self.content_type = _text(headers.get(b"content-type"))
+        self.declared = _text(headers.get(b"content-length"))
+        self.idempotency_key = _text(headers.get(b"idempotency-key"))
+        self.cors = endpoint.cors(_text(headers.get(b"origin")))
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 class PublishEndpoint(RawEndpoint):
