@@ -266,8 +266,7 @@ class Hub:
             for sub in channel.live:
                 sink = sub.sink
                 try:
-                    sink.write_batch(batch)
-                    if sink.buffered() > limit:
+                    if sink.write_batch(batch) > limit:
                         slow = slow or []
                         slow.append(sub)
                 except Exception as exc:  # this subscriber's end, nobody else's

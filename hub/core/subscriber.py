@@ -58,7 +58,9 @@ class Sink(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
-    def write_batch(self, batch: Batch) -> None: ...
+    def write_batch(self, batch: Batch) -> int:
+        """Write ``batch``; return :meth:`buffered` after it (one call per delivery, not two)."""
+        ...
 
     async def drained(self) -> None:
         """Return once the buffer is down to the sink's low-water mark, or the

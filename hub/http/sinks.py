@@ -67,14 +67,16 @@ class TransportSink:
         if data:
             self.write_batch(Batch(data))
 
-    def write_batch(self, batch: Batch) -> None:
+    def write_batch(self, batch: Batch) -> int:
         # The hot path: one write of bytes shared by every subscriber. uvloop
         # raises RuntimeError once the transport is closed (asyncio's own drops
         # the bytes); the connection is gone either way, which the hub handles.
+        transport = self._transport
         try:
-            self._transport.write(batch.framed(chunk))
+            transport.write(batch.framed(chunk))
         except (RuntimeError, OSError) as exc:
             raise SinkClosed from exc
+        return transport.get_write_buffer_size()
 
     def buffered(self) -> int:
         return self._transport.get_write_buffer_size()
@@ -137,8 +139,9 @@ class AsgiSink:
             self._idle.clear()
             self._wake.set()
 
-    def write_batch(self, batch: Batch) -> None:
+    def write_batch(self, batch: Batch) -> int:
         self.write(batch.raw)
+        return self._size
 
     def buffered(self) -> int:
         return self._size

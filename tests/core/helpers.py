@@ -29,8 +29,9 @@ class RecordingSink:
         self.data.extend(data)
         self.writes += 1
 
-    def write_batch(self, batch: Batch) -> None:
+    def write_batch(self, batch: Batch) -> int:
         self.write(batch.raw)
+        return self.buffered()
 
     def buffered(self) -> int:
         return self.pending

@@ -62,8 +62,9 @@ class FlakySink(RecordingSink):
             raise RuntimeError("boom")
         super().write(data)
 
-    def write_batch(self, batch: Batch) -> None:
+    def write_batch(self, batch: Batch) -> int:
         self.write(batch.raw)
+        return self.buffered()
 
 
 @dataclass

@@ -29,7 +29,7 @@ class BrokenSink(RecordingSink):
     def write(self, data: bytes) -> None:
         raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
 
-    def write_batch(self, batch: Batch) -> None:
+    def write_batch(self, batch: Batch) -> int:
         raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
 
 

@@ -274,6 +274,31 @@ async def test_a_head_that_does_not_arrive_in_time_gets_a_408_and_idle_connectio
     assert not server.cls.guard.waiting
 
 
+async def test_idle_keep_alive_connections_are_closed_by_the_sweep_not_a_timer_per_response() -> None:
+    server = Server(timeout=0.2)
+    server.config.timeout_keep_alive = 0.4
+    once, once_t = server.connect()
+    busy, busy_t = server.connect()
+    start = time.monotonic()
+    once.data_received(HEALTHZ)
+    busy.data_received(HEALTHZ)
+    await until(lambda: answers(bytes(once_t.written)) == [200] and answers(bytes(busy_t.written)) == [200])
+    assert once.timeout_keep_alive_task is None  # no timer armed per response
+    # busy keeps asking: its clock restarts with each answer; once's runs out.
+    while time.monotonic() - start < 0.6:
+        busy.data_received(HEALTHZ)
+        await asyncio.sleep(0.05)
+    await until(lambda: once_t.closing)
+    assert time.monotonic() - start >= 0.4
+    assert not busy_t.closing
+    last = time.monotonic()
+    await until(lambda: busy_t.closing)
+    assert time.monotonic() - last >= 0.3  # from its last answer, not its first
+    assert set(answers(bytes(busy_t.written))) == {200}
+    await until(lambda: server.cls.guard.open == 0)
+    assert not server.cls.guard.idle
+
+
 async def test_near_the_fd_limit_the_oldest_connections_without_a_request_make_room(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
