@@ -8,8 +8,7 @@ body is also built once per event, lazily, the first time such a stream needs it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import orjson
 
@@ -21,12 +20,12 @@ PayloadKind = Literal["json", "text"]
 GAP_EVENT = "hub.gap"
 
 
-@dataclass(frozen=True, slots=True)
-class Payload:
+class Payload(NamedTuple):
     """What a publisher sent, validated: compact JSON bytes, or text.
 
     ``data`` is the exact value of the ``data:`` lines (JSON compact, on one
-    line; text split into lines on the wire).
+    line; text split into lines on the wire). Immutable; a named tuple rather than a
+    frozen dataclass, whose ``__init__`` costs 0.5 us more on every publish.
     """
 
     kind: PayloadKind

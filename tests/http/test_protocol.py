@@ -276,9 +276,11 @@ async def test_a_head_that_does_not_arrive_in_time_gets_a_408_and_idle_connectio
 
 async def test_idle_keep_alive_connections_are_closed_by_the_sweep_not_a_timer_per_response() -> None:
     server = Server(timeout=0.2)
-    server.config.timeout_keep_alive = 0.4
     once, once_t = server.connect()
     busy, busy_t = server.connect()
+    guard = server.cls.guard
+    assert guard.keep_alive == server.config.timeout_keep_alive  # uvicorn's setting (whole seconds)
+    guard.keep_alive = 0.4
     start = time.monotonic()
     once.data_received(HEALTHZ)
     busy.data_received(HEALTHZ)
@@ -295,8 +297,8 @@ async def test_idle_keep_alive_connections_are_closed_by_the_sweep_not_a_timer_p
     await until(lambda: busy_t.closing)
     assert time.monotonic() - last >= 0.3  # from its last answer, not its first
     assert set(answers(bytes(busy_t.written))) == {200}
-    await until(lambda: server.cls.guard.open == 0)
-    assert not server.cls.guard.idle
+    await until(lambda: guard.open == 0)
+    assert not guard.idle
 
 
 async def test_near_the_fd_limit_the_oldest_connections_without_a_request_make_room(
