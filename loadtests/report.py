@@ -33,7 +33,7 @@ def _fmt(v: Any) -> str:
 
 # Ratios of these are meaningless (fractions, or growth figures near zero), or have no
 # peer to compare with (many: only the hub runs it).
-NO_RATIO = ("delivered fraction", "delivered_fraction", "RSS growth", "many ")
+NO_RATIO = ("delivered fraction", "delivered_fraction", "RSS growth", "many ", "refused")
 
 
 def _no_ratio(label: str) -> bool:
@@ -68,13 +68,19 @@ def metric_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         add(f"fanout {n:,}: p50 ms", "fanout", "p50_ms", ("subscribers", n))
         add(f"fanout {n:,}: p99 ms", "fanout", "p99_ms", ("subscribers", n))
         add(f"fanout {n:,}: max ms", "fanout", "max_ms", ("subscribers", n))
+        at = ("subscribers", n)
+        add(f"fanout {n:,}: server CPU us per delivery", "fanout", "server_us_per_delivery", at)
     for key in ("p50_ms", "p99_ms", "max_ms", "delivered_fraction"):
         add(f"latency (fixed rate): {key}", "latency", key)
     for key in ("deliveries_per_s", "delivered_fraction", "p50_ms", "p99_ms"):
         add(f"channels: {key}", "channels", key)
+    add("channels: server CPU us per delivery", "channels", "server_us_per_delivery")
     add("waves: RSS growth last vs first", "waves", "last_vs_first_after_growth")
     for n in _sizes(systems, "publish", "connections"):
         add(f"publish {n} connections: publishes/s", "publish", "publishes_per_s", ("connections", n))
+        add(f"publish {n} connections: refused", "publish", "refused", ("connections", n))
+        at = ("connections", n)
+        add(f"publish {n} connections: server CPU us per publish", "publish", "server_us_per_publish", at)
     for n in _sizes(systems, "many", "channels"):
         m = f"many {n:,} channels"
         add(f"{m}: time to publish all (s)", "many", "time_to_publish_all_s")
@@ -114,6 +120,7 @@ def markdown(results: dict[str, Any]) -> str:
         cells = [label, *(_fmt(vals.get(s)) for s in systems)]
         cells += ["" if _no_ratio(label) else _ratio(vals.get(a), vals.get(b)) for a, b in ratios]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Lower is better for the ms and the server CPU rows (and so for their ratios)."]
     lines += ["", _ceiling_md(results), "", _errors_md(results)]
     return "\n".join(lines) + "\n"
 

@@ -140,7 +140,7 @@ def _extra_rss(server: Server, label: str) -> dict[str, Any]:
 
 
 def _delivery_result(
-    pool: GeneratorPool, pub: PublishResult, fanout: int, at_end: int, cpu: float
+    pool: GeneratorPool, pub: PublishResult, fanout: int, at_end: int, cpu: float, server_cpu: float
 ) -> dict[str, Any]:
     snap = pool.snapshot()
     received = int(snap["received"])
@@ -153,23 +153,30 @@ def _delivery_result(
         "unparsed_timestamps": snap["unparsed"],
         "streams_dropped_by_server": snap["closed_by_peer"],
         "generator_cpu_busy": round(cpu / pub.elapsed_s, 2) if pub.elapsed_s else None,
+        # What each delivery cost the server, whichever side set the rate (lower is better).
+        "server_cpu_busy": round(server_cpu / pub.elapsed_s, 2) if pub.elapsed_s else None,
+        "server_us_per_delivery": round(server_cpu / at_end * 1e6, 2) if at_end else None,
     }
     out.update(latency_summary(snap))
     return out
 
 
 def _publish_and_count(
-    pool: GeneratorPool, publish: Callable[[], Coroutine[Any, Any, PublishResult]], per_event: int
+    server: Server,
+    pool: GeneratorPool,
+    publish: Callable[[], Coroutine[Any, Any, PublishResult]],
+    per_event: int,
 ) -> dict[str, Any]:
     """Run one publisher against the streams already open, count what reached them
     (``per_event`` deliveries expected per accepted event), then close the streams."""
     pool.reset()
-    cpu0 = pool.cpu_seconds()
+    cpu0, server_cpu0 = pool.cpu_seconds(), server.cpu_seconds()
     pub = run_async(publish)
     assert isinstance(pub, PublishResult)
     at_end, cpu = pool.received_total(), pool.cpu_seconds() - cpu0
+    server_cpu = server.cpu_seconds() - server_cpu0
     _drain(pool)
-    result = _delivery_result(pool, pub, per_event, at_end, cpu)
+    result = _delivery_result(pool, pub, per_event, at_end, cpu, server_cpu)
     pool.close_streams()
     return result
 
@@ -181,6 +188,7 @@ def fanout(server: Server, pool: GeneratorPool, subscribers: int, duration: floa
     live = max(1, int(conn["held"]))
     window = max(2.0, IN_FLIGHT_DELIVERIES / live)
     result = _publish_and_count(
+        server,
         pool,
         lambda: publish_closed_loop(server.target(), [channel], duration, window, live, pool.received_total),
         live,
@@ -196,7 +204,7 @@ def latency(
     conn = _connect(server, pool, [channel] * subscribers)
     live = max(1, int(conn["held"]))
     result = _publish_and_count(
-        pool, lambda: publish_rate(server.target(), [channel], rate, duration, conns=2), live
+        server, pool, lambda: publish_rate(server.target(), [channel], rate, duration, conns=2), live
     )
     return {"subscribers": subscribers, "held": conn["held"], "rate": rate, **result}
 
@@ -211,6 +219,7 @@ def channels(
     per_channel = max(1.0, int(conn["held"]) / n_channels)
     window = max(8.0, IN_FLIGHT_DELIVERIES / per_channel)
     result = _publish_and_count(
+        server,
         pool,
         lambda: publish_closed_loop(
             server.target(), names, duration, window, per_channel, pool.received_total, conns=8
@@ -229,16 +238,22 @@ def publish(server: Server, connections: int, n_channels: int, duration: float) 
     """
     prefix = _unique("pub")
     names = [f"{prefix}x{i}" for i in range(n_channels)]
-    cpu0 = time.process_time()
+    cpu0, server_cpu0 = time.process_time(), server.cpu_seconds()
     pub = run_async(lambda: publish_unpaced(server.target(), names, duration, connections))
     assert isinstance(pub, PublishResult)
     cpu = time.process_time() - cpu0
+    server_cpu = server.cpu_seconds() - server_cpu0
     return {
         "connections": connections,
         "channels": n_channels,
         "publish": pub.as_dict(),
         "publishes_per_s": round(pub.accepted / pub.elapsed_s) if pub.elapsed_s else 0,
+        # Answers other than 2xx: a rate with refusals in it is not a comparable figure.
+        "refused": pub.errors,
         "publisher_cpu_busy": round(cpu / pub.elapsed_s, 2) if pub.elapsed_s else None,
+        # What each publish cost the server, whichever side set the rate (lower is better).
+        "server_cpu_busy": round(server_cpu / pub.elapsed_s, 2) if pub.elapsed_s else None,
+        "server_us_per_publish": round(server_cpu / pub.accepted * 1e6, 2) if pub.accepted else None,
     }
 
 

@@ -18,8 +18,10 @@ from pathlib import Path
 from loadtests.common import (
     LOOPBACK,
     REPO_ROOT,
+    cpu_seconds,
     free_port,
     preexec_raise_limit,
+    process_tree,
     stop_process,
     tree_peak_rss_kb,
     tree_rss_kb,
@@ -96,6 +98,10 @@ class Server:
     def rss_kb(self) -> int:
         """VmRSS of the server and its worker processes."""
         return tree_rss_kb(self.proc.pid) if self.alive() and self.proc else 0
+
+    def cpu_seconds(self) -> float:
+        """User+system CPU seconds of the server and its worker processes so far."""
+        return sum(cpu_seconds(p) for p in process_tree(self.proc.pid)) if self.alive() and self.proc else 0.0
 
     def peak_rss_kb(self) -> int:
         """VmHWM (peak RSS since start) of the server and its worker processes."""
@@ -188,6 +194,10 @@ class WithOwnRedis(Server):
     def stop(self) -> None:
         super().stop()
         self.redis.stop()
+
+    def cpu_seconds(self) -> float:
+        """Redis's CPU counts too: it shares the server's core."""
+        return super().cpu_seconds() + self.redis.cpu_seconds()
 
 
 class HubRedisServer(WithOwnRedis, HubServer):
