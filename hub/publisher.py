@@ -50,6 +50,7 @@ from hub.brokers.redis_codec import (
     SCRIPT,
     check_prefix,
     script_args,
+    script_ids,
     stream_key,
     ttl_ms,
 )
@@ -122,13 +123,9 @@ class _Base:
             self.limits.max_event_bytes,
             self.ttl_ms,
             idempotency_key,
-            self.idempotency_ms if idempotency_key is not None else None,
+            self.idempotency_ms,
         )
         return [stream_key(self.prefix, channel, self.tagged)], args
-
-
-def _ids(reply: Any) -> list[str]:
-    return [i.decode() if isinstance(i, bytes) else str(i) for i in reply]
 
 
 class Publisher(_Base):
@@ -173,7 +170,7 @@ class Publisher(_Base):
         """Publish a batch atomically, in order; returns the ids (with the key of an
         earlier call on this channel: that call's ids, nothing stored again)."""
         keys, args = self._call(channel, messages, idempotency_key)
-        return _ids(self._script(keys=keys, args=args))
+        return script_ids(self._script(keys=keys, args=args))
 
 
 class AsyncPublisher(_Base):
@@ -218,4 +215,4 @@ class AsyncPublisher(_Base):
         """Publish a batch atomically, in order; returns the ids (with the key of an
         earlier call on this channel: that call's ids, nothing stored again)."""
         keys, args = self._call(channel, messages, idempotency_key)
-        return _ids(await self._script(keys=keys, args=args))
+        return script_ids(await self._script(keys=keys, args=args))

@@ -30,29 +30,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from loadtests.common import REPO_ROOT, cpu_seconds, free_port, free_ports
+
 _DATA = re.compile(rb'data: \{"t":(\d+)\}')
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
 
 
 def redis_cli(port: int, *args: str) -> str:
@@ -190,11 +170,11 @@ async def publisher(port: int, channels: list[str], until: float, counts: list[i
 
 
 def start_hub(url: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_ports(1)[0]
+    port = free_port()
     env = {**os.environ, "HUB_REDIS_URL": url, "HUB_LOG_LEVEL": "warning", "HUB_PUBLISH_OPEN": "true"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "hub", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     import urllib.request
 

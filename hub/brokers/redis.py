@@ -75,6 +75,7 @@ from hub.brokers.redis_codec import (
     read_entries,
     read_stream,
     script_args,
+    script_ids,
     stream_key,
     topic,
     ttl_ms,
@@ -694,7 +695,7 @@ class RedisBroker(Broker):
             self.limits.max_event_bytes,
             self.ttl_ms,
             idempotency_key,
-            self.idempotency_ms if idempotency_key is not None else None,
+            self.idempotency_ms,
         )
         # A call whose connection failed may have run or not: sent again with its
         # idempotency key it returns the first run's ids, so only such calls are retried
@@ -718,7 +719,7 @@ class RedisBroker(Broker):
                 self._fail(f"publish to {channel} failed", exc, channel)
             except _REDIS_ERRORS as exc:
                 self._fail(f"publish to {channel} failed", exc, channel)
-        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+        return script_ids(ids)
 
     async def subscribe(self, channel: str) -> None:
         if not self._listener.connected:

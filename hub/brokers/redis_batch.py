@@ -7,7 +7,8 @@ round trip is in flight wait for it and then go out together, in one
 pipeline (not a transaction: each call is atomic on its own, being one
 script). With no concurrency nothing changes: a lone call goes out at once,
 in a round trip of its own. On one Redis the calls are packed and their replies
-read here (:meth:`ScriptBatcher._raw`); on a cluster, by redis-py's pipeline.
+read here (:meth:`ScriptBatcher._raw`); on a cluster, by redis-py's pipeline
+(which sends each call to its shard).
 
 Order: calls go out in the order they were made, so one client's successive
 publishes keep their order.
@@ -83,10 +84,6 @@ class ScriptBatcher:
                     future.set_result(result)
 
     async def _send(self, batch: list[_Call]) -> list[Any]:
-        if len(batch) == 1 and not isinstance(self._redis, Redis):  # a cluster's lone call
-            keys, args, _ = batch[0]
-            self.round_trips += 1
-            return [await self._script(keys=keys, args=args)]
         results = await self._pipeline(batch)
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:

@@ -172,6 +172,11 @@ def script_args(
     return args
 
 
+def script_ids(reply: Any) -> list[str]:
+    """The ids a publish script call returned, as text."""
+    return [i.decode() if isinstance(i, bytes) else str(i) for i in reply]
+
+
 def announcement_cap(limits: Limits) -> int:
     """The largest announcement a publish the HTTP API accepts can produce.
 

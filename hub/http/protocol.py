@@ -179,12 +179,7 @@ class ConnectionGuard:
         """Close the connections past their head deadline, and the lingering ones."""
         self._timer = None
         now = time.monotonic()
-        cutoff = now - self.header_timeout
-        expired = []
-        for proto, since in self.waiting.items():  # oldest first
-            if since > cutoff:
-                break
-            expired.append(proto)
+        expired = _due(self.waiting, now - self.header_timeout)
         for proto in expired:
             proto.head_timed_out()
         if expired:
@@ -197,21 +192,10 @@ class ConnectionGuard:
                 self.timed_out,
                 self.header_timeout,
             )
-        done = []
-        for proto, until in self.lingering.items():
-            if until > now:
-                break
-            done.append(proto)
-        for proto in done:
+        for proto in _due(self.lingering, now):
             self.forget(proto)
             proto.transport.abort()
-        cutoff = now - self.keep_alive
-        stale = []
-        for proto, since in self.idle.items():  # in the order they went idle
-            if since > cutoff:
-                break
-            stale.append(proto)
-        for proto in stale:
+        for proto in _due(self.idle, now - self.keep_alive):
             self.forget(proto)
             proto.transport.close()
         self.arm()
@@ -266,6 +250,17 @@ class ConnectionGuard:
         if now - self._logged.get(key, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
             self._logged[key] = now
             log.log(level, message, *args)
+
+
+def _due(clock: dict[HubHttpProtocol, float], bound: float) -> list[HubHttpProtocol]:
+    """The connections at the front of ``clock`` (kept in the order of its times) whose time
+    is at most ``bound``: only those are looked at."""
+    due = []
+    for proto, at in clock.items():
+        if at > bound:
+            break
+        due.append(proto)
+    return due
 
 
 # A whole answer: status, headers (but content-length), body.
