@@ -464,8 +464,12 @@ class Hub:
             await self._write_slice(sub, b"".join(parts))
 
     async def _write_slice(self, sub: Subscriber, data: bytes) -> bool:
+        """One slice of a replay. Not cut for its size: a slice (64 KiB and the frame that
+        crossed it) may be over HUB_MAX_PENDING_BYTES, and the next waits until the socket
+        drained, so the hub never holds more than one; a socket that drains nothing for
+        HUB_STALL_SECONDS is cut as slow."""
         sub.sent_bytes += len(data)
-        if sub.closed or not self._write(sub, data):
+        if sub.closed or not self._put(sub, data):
             return False
         if sub.sink.buffered():
             try:
@@ -477,16 +481,23 @@ class Hub:
         return not sub.closed
 
     def _write(self, sub: Subscriber, data: bytes) -> bool:
-        """Write outside the flush's hot loop; False when ``sub`` has ended."""
+        """Write outside the flush's hot loop; False when ``sub`` has ended (its connection
+        gone, or its backlog past HUB_MAX_PENDING_BYTES: cut as slow)."""
+        if not self._put(sub, data):
+            return False
+        if sub.sink.buffered() > self.max_pending_bytes:
+            self._cut_slow(sub)
+            return False
+        return True
+
+    def _put(self, sub: Subscriber, data: bytes) -> bool:
+        """Hand ``data`` to ``sub``'s sink; False (and ``sub`` ended) when its connection is gone."""
         try:
             sub.sink.write(data)
         except Exception as exc:
             self._lost(sub, exc)
             return False
         self.stats.bytes_sent += len(data)
-        if sub.sink.buffered() > self.max_pending_bytes:
-            self._cut_slow(sub)
-            return False
         return True
 
     def detach(self, sub: Subscriber) -> None:

@@ -185,6 +185,27 @@ async def test_a_replay_is_written_as_the_socket_drains(hub: Hub) -> None:
     assert hub.stats.slow_cut == 0
 
 
+async def test_a_replay_slice_larger_than_the_backlog_limit_is_paced_not_cut() -> None:
+    # A slice is 64 KiB and the frame that crossed it: here over the limit each time. A client
+    # whose kernel buffer takes none of a slice at once but reads it (drained) must get it all.
+    broker = MemoryBroker(history_size=1000)
+    hub = Hub(broker, heartbeat_seconds=60, max_pending_bytes=65_536, stall_seconds=5)
+    await hub.start()
+    try:
+        big = "x" * 30_000
+        await publish(hub, "c", *[big] * 40)
+        sink = StalledSink()
+        sink.release.set()  # it reads everything, each time the replay waits for it
+        await asyncio.wait_for(attach(hub, sink, "c", last_event_id="earliest"), timeout=10)
+        assert sink.most_queued > hub.max_pending_bytes  # a slice alone was over the limit
+        assert sink.most_queued <= REPLAY_SLICE + 31_000
+        assert datas(sink) == [big] * 40
+        assert hub.stats.slow_cut == 0
+        assert not sink.aborted
+    finally:
+        await hub.stop()
+
+
 async def test_a_replay_that_never_drains_is_cut_and_others_go_on(hub: Hub) -> None:
     await publish(hub, "c", *["x" * 10_000] * 200)
     normal = RecordingSink()

@@ -61,7 +61,9 @@ class CutProxy:
             self._server.close()
             for writer in list(self._writers):
                 writer.close()
-            loop.run_until_complete(asyncio.sleep(0))
+            # Connections still being served end here, not when the closed loop's tasks are
+            # collected (their cleanup would then await on a closed loop).
+            loop.run_until_complete(_cancel_the_rest())
             loop.close()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
@@ -100,3 +102,10 @@ class CutProxy:
                 with contextlib.suppress(Exception):
                     writer.close()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _cancel_the_rest() -> None:
+    rest = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
